@@ -1,0 +1,146 @@
+"""Reconstruction losses with an auxiliary (AuxK) term.
+
+Every loss has one signature, ``loss(x, x_hat, aux_codes, unit_dictionary) -> scalar``:
+
+* ``x``, ``x_hat``: ``[B, d]`` one target model's activations and their reconstruction;
+* ``aux_codes``: ``[B, n]`` the auxiliary codes that should predict the residual ``x - x_hat``
+  (from :func:`auxiliary_codes`; they depend only on the source encoding, so a step computes them
+  once and reuses them for every target model);
+* ``unit_dictionary``: ``[n, d]`` the target model's row-normalised dictionary.
+
+The official code's signature ``(x, x_hat, pre_codes, codes, dictionary)`` is kept for parity in
+:func:`top_k_auxiliary_loss_l1` and :func:`top_k_auxiliary_loss`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from usae_jax.config import USAEConfig
+
+_MAX_FLOAT_BITS = 0x7F800000  # bit pattern of +inf: above every finite non-negative float32
+
+
+def top_half_mask(values: jax.Array, keep: int) -> jax.Array:
+    """Mask of the ``keep`` largest entries of each row of non-negative ``values`` ``[B, n]``.
+
+    Equals selecting with ``lax.top_k(values, keep)`` (up to ties, which have probability zero
+    for continuous values; zeros are never kept, since they contribute nothing) but costs 31
+    fused counting passes instead of a sort: the threshold of each row is found by bisection on
+    the bit pattern, which orders non-negative float32 values exactly.
+    """
+    bits = jnp.where(values > 0, jax.lax.bitcast_convert_type(values, jnp.int32), 0)
+    rows = values.shape[0]
+    low = jnp.zeros((rows,), jnp.int32)  # invariant: count(bits >= low) >= keep
+    high = jnp.full(
+        (rows,), _MAX_FLOAT_BITS + 1, jnp.int32
+    )  # invariant: count(bits >= high) < keep
+
+    def bisect(_, bounds):
+        low, high = bounds
+        middle = low + (high - low) // 2
+        enough = jnp.sum(bits >= middle[:, None], axis=1, dtype=jnp.int32) >= keep
+        return jnp.where(enough, middle, low), jnp.where(enough, high, middle)
+
+    threshold, _ = jax.lax.fori_loop(0, 31, bisect, (low, high))
+    return (bits >= threshold[:, None]) & (bits > 0)
+
+
+def top_half_codes_by_sort(pre_codes: jax.Array, codes: jax.Array) -> jax.Array:
+    """Reference top-half auxiliary codes via ``lax.top_k`` (the official ``torch.topk`` rule).
+
+    ``[B, n], [B, n] -> [B, n]``: the top ``n // 2`` values of ``relu(pre_codes) - codes`` of
+    each row, zeros elsewhere. Slow on CPU (a sort); used in tests of :func:`auxiliary_codes`.
+    """
+    unchosen = jax.nn.relu(pre_codes) - codes
+    values, indices = jax.lax.top_k(unchosen, unchosen.shape[1] // 2)
+    rows = jnp.arange(unchosen.shape[0])[:, None]
+    return jnp.zeros_like(unchosen).at[rows, indices].set(values)
+
+
+def auxiliary_codes(
+    pre_codes: jax.Array,
+    codes: jax.Array,
+    *,
+    rule: str = "top_half",
+    dead_mask: jax.Array | None = None,
+    dead_k_aux: int = 512,
+) -> jax.Array:
+    """The codes the auxiliary term decodes: ``[B, n], [B, n] -> [B, n]``.
+
+    * ``"top_half"`` (official): the top ``n // 2`` of ``relu(pre_codes) - codes`` per row.
+    * ``"dead_latents"`` (Gao et al. 2024): the top ``dead_k_aux`` of ``relu(pre_codes)`` among
+      the concepts flagged in ``dead_mask`` ``[n]`` (all zeros when none is dead).
+    Gradients flow through the kept values, not through the selection.
+    """
+    if rule == "top_half":
+        unchosen = jax.nn.relu(pre_codes) - codes
+        mask = jax.lax.stop_gradient(top_half_mask(unchosen, unchosen.shape[1] // 2))
+        return jnp.where(mask, unchosen, 0.0)
+    if rule == "dead_latents":
+        if dead_mask is None:
+            raise ValueError('rule="dead_latents" needs a dead_mask of shape [n]')
+        candidates = jnp.where(dead_mask[None, :], jax.nn.relu(pre_codes), 0.0)
+        k = min(dead_k_aux, candidates.shape[1])
+        values, indices = jax.lax.top_k(candidates, k)
+        rows = jnp.arange(candidates.shape[0])[:, None]
+        return jnp.zeros_like(candidates).at[rows, indices].set(values)
+    raise ValueError(f"unknown auxiliary rule {rule!r}")
+
+
+def _error(difference: jax.Array, kind: str) -> jax.Array:
+    return jnp.abs(difference) if kind == "l1_auxk" else jnp.square(difference)
+
+
+def reconstruction_loss(
+    x: jax.Array,
+    x_hat: jax.Array,
+    aux_codes: jax.Array,
+    unit_dictionary: jax.Array,
+    *,
+    kind: str = "l1_auxk",
+    aux_rule: str = "top_half",
+    coefficient: float = 0.1,
+) -> jax.Array:
+    """Scalar loss of one target model (see the module docstring for the signature).
+
+    ``kind="l1_auxk"``: ``mean|x - x̂| + c * mean|r - r̂|``; ``"l2_auxk"`` squares instead, with
+    ``r = x - x̂`` and ``r̂ = aux_codes @ D̂``. With ``aux_rule="dead_latents"`` the auxiliary term
+    is Gao et al.'s normalised error of predicting the (detached) residual.
+    """
+    residual = x - x_hat
+    main = jnp.mean(_error(residual, kind))
+    residual_hat = aux_codes @ unit_dictionary
+    if aux_rule == "top_half":
+        aux = jnp.mean(_error(residual - residual_hat, kind))
+    else:
+        target = jax.lax.stop_gradient(residual)
+        scale = jnp.mean(_error(target - jnp.mean(target, axis=0), kind))
+        aux = jnp.mean(_error(target - residual_hat, kind)) / (scale + 1e-8)
+        aux = jnp.where(jnp.any(aux_codes != 0), aux, 0.0)
+    return main + coefficient * aux
+
+
+def loss_for(config: USAEConfig):
+    """The configured loss, with the signature ``(x, x_hat, aux_codes, unit_dictionary)``."""
+    return functools.partial(
+        reconstruction_loss,
+        kind=config.loss,
+        aux_rule=config.aux,
+        coefficient=config.aux_coefficient,
+    )
+
+
+def top_k_auxiliary_loss_l1(x, x_hat, pre_codes, codes, unit_dictionary, penalty=0.1):
+    """The official ``top_k_auxiliary_loss_L1`` with its own signature (for parity checks)."""
+    aux = auxiliary_codes(pre_codes, codes, rule="top_half")
+    return reconstruction_loss(x, x_hat, aux, unit_dictionary, kind="l1_auxk", coefficient=penalty)
+
+
+def top_k_auxiliary_loss(x, x_hat, pre_codes, codes, unit_dictionary, penalty=0.1):
+    """The official ``top_k_auxiliary_loss`` (squared errors) with its own signature."""
+    aux = auxiliary_codes(pre_codes, codes, rule="top_half")
+    return reconstruction_loss(x, x_hat, aux, unit_dictionary, kind="l2_auxk", coefficient=penalty)

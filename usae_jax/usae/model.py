@@ -1,0 +1,142 @@
+"""The USAE forward pass as pure functions: encode (Linear -> BatchNorm -> ReLU -> TopK), decode.
+
+Shapes: ``B`` rows, ``d`` model width, ``n`` concepts, ``k`` kept concepts per row.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+DICTIONARY_EPS = 1e-8
+"""Added to each dictionary row's norm before dividing (official value)."""
+
+
+class Encoded(NamedTuple):
+    """An encoding of ``B`` rows into ``n`` concepts."""
+
+    pre_codes: jax.Array
+    """``[B, n]`` BatchNorm outputs before the ReLU (the AuxK rule reads these)."""
+
+    codes: jax.Array
+    """``[B, n]`` dense sparse code: the top-k values of ``relu(pre_codes)``, zeros elsewhere."""
+
+    top_values: jax.Array
+    """``[B, k]`` the kept values (>= 0), in descending order."""
+
+    top_indices: jax.Array
+    """``[B, k]`` int32 concept index of each kept value."""
+
+
+def batchnorm(
+    params: dict,
+    stats: dict,
+    h: jax.Array,
+    *,
+    train: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[jax.Array, dict]:
+    """BatchNorm over the concept axis with torch ``BatchNorm1d`` semantics.
+
+    Args:
+      params: ``{"scale": [n], "bias": [n]}``.
+      stats: ``{"mean": [n], "var": [n], "count": []}`` running statistics.
+      h: ``[B, n]`` inputs.
+      train: normalise with the batch statistics (biased variance) and return updated running
+        statistics (unbiased variance, ``new = (1 - momentum) old + momentum batch``); otherwise
+        normalise with the running statistics and return them unchanged.
+
+    Returns:
+      ``([B, n] normalised, new stats)``. Under ``jit`` with the batch sharded over devices the
+      means are global, so the result equals the single-device one.
+    """
+    if train:
+        rows = h.shape[0]
+        mean = jnp.mean(h, axis=0)
+        var = jnp.mean(jnp.square(h - mean), axis=0)
+        unbiased = var * (rows / max(rows - 1, 1))
+        new_stats = {
+            "mean": (1 - momentum) * stats["mean"] + momentum * jax.lax.stop_gradient(mean),
+            "var": (1 - momentum) * stats["var"] + momentum * jax.lax.stop_gradient(unbiased),
+            "count": stats["count"] + 1,
+        }
+    else:
+        mean, var, new_stats = stats["mean"], stats["var"], stats
+    normalised = (h - mean) * jax.lax.rsqrt(var + eps)
+    return normalised * params["scale"] + params["bias"], new_stats
+
+
+def top_k_codes(activations: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Keep the ``k`` largest entries of each row of ``activations`` ``[B, n]``.
+
+    Returns ``(dense [B, n], values [B, k], indices [B, k])``. Gradients reach the kept entries
+    only, exactly as ``torch.topk`` followed by ``scatter``.
+    """
+    values, indices = jax.lax.top_k(activations, k)
+    rows = jnp.arange(activations.shape[0])[:, None]
+    dense = jnp.zeros_like(activations).at[rows, indices].set(values)
+    return dense, values, indices
+
+
+def encode(
+    model_params: dict,
+    stats: dict,
+    x: jax.Array,
+    *,
+    top_k: int,
+    train: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[Encoded, dict]:
+    """Encode ``x`` ``[B, d]`` with one model's encoder; returns ``(Encoded, new stats)``."""
+    pre_codes, new_stats = pre_activations(
+        model_params, stats, x, train=train, momentum=momentum, eps=eps
+    )
+    codes, values, indices = top_k_codes(jax.nn.relu(pre_codes), top_k)
+    return Encoded(pre_codes, codes, values, indices), new_stats
+
+
+def pre_activations(
+    model_params: dict,
+    stats: dict,
+    x: jax.Array,
+    *,
+    train: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[jax.Array, dict]:
+    """``BatchNorm(x @ W + b)``: ``[B, d] -> [B, n]``, plus the new BatchNorm statistics."""
+    encoder = model_params["encoder"]
+    h = x @ encoder["kernel"] + encoder["bias"]
+    return batchnorm(model_params["batchnorm"], stats, h, train=train, momentum=momentum, eps=eps)
+
+
+def normalize_dictionary(dictionary: jax.Array) -> jax.Array:
+    """Row-normalised dictionary ``D / (||D||_row + 1e-8)``: ``[n, d] -> [n, d]``.
+
+    Recomputed at every use and differentiated through, as the official code does.
+    """
+    norms = jnp.sqrt(jnp.sum(jnp.square(dictionary), axis=1, keepdims=True))
+    return dictionary / (norms + DICTIONARY_EPS)
+
+
+def decode_dense(codes: jax.Array, unit_dictionary: jax.Array) -> jax.Array:
+    """Reference decode ``codes @ D̂``: ``[B, n] x [n, d] -> [B, d]`` (costs ``2 B n d`` FLOPs)."""
+    return codes @ unit_dictionary
+
+
+def decode_sparse(values: jax.Array, indices: jax.Array, unit_dictionary: jax.Array) -> jax.Array:
+    """k-sparse decode by gathering ``k`` dictionary rows per input row.
+
+    ``sum_k values[b, k] * D̂[indices[b, k]]``: ``[B, k], [B, k], [n, d] -> [B, d]``; the same
+    math as :func:`decode_dense` on the dense code, at ``2 B k d`` instead of ``2 B n d`` FLOPs.
+    """
+    return jnp.einsum("bk,bkd->bd", values, jnp.take(unit_dictionary, indices, axis=0))
+
+
+def decode(encoded: Encoded, dictionary: jax.Array) -> jax.Array:
+    """Reconstruct one model's activations ``[B, d]`` from an encoding and its raw dictionary."""
+    return decode_sparse(encoded.top_values, encoded.top_indices, normalize_dictionary(dictionary))

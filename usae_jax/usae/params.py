@@ -1,0 +1,81 @@
+"""USAE parameters as explicit pytrees, and their initialisation.
+
+Layout (one entry per model ``m`` of width ``d`` in a space of ``n`` concepts)::
+
+    params = {"models": {m: {"encoder": {"kernel": [d, n], "bias": [n]},
+                             "batchnorm": {"scale": [n], "bias": [n]},
+                             "dictionary": [n, d]}}}
+    batch_stats = {m: {"mean": [n], "var": [n], "count": []}}
+
+The dictionary is stored raw and used row-normalised (see :mod:`usae_jax.usae.model`). Everything
+that a model's optimiser updates sits under ``params["models"][m]``; BatchNorm running statistics
+are not trained by gradients and live apart, in ``batch_stats``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from usae_jax.config import USAEConfig
+
+Params = dict
+BatchStats = dict
+
+
+def init_model_params(rng: jax.Array, width: int, num_concepts: int) -> dict:
+    """One model's parameters, initialised as the official torch code does.
+
+    Encoder: torch ``nn.Linear`` default init, ``U(-1/sqrt(d), 1/sqrt(d))`` for kernel and bias.
+    BatchNorm: scale 1, shift 0. Dictionary: standard normal ``[n, d]``.
+    """
+    kernel_rng, bias_rng, dict_rng = jax.random.split(rng, 3)
+    bound = 1.0 / jnp.sqrt(width)
+    return {
+        "encoder": {
+            "kernel": jax.random.uniform(
+                kernel_rng, (width, num_concepts), jnp.float32, -bound, bound
+            ),
+            "bias": jax.random.uniform(bias_rng, (num_concepts,), jnp.float32, -bound, bound),
+        },
+        "batchnorm": {
+            "scale": jnp.ones((num_concepts,), jnp.float32),
+            "bias": jnp.zeros((num_concepts,), jnp.float32),
+        },
+        "dictionary": jax.random.normal(dict_rng, (num_concepts, width), jnp.float32),
+    }
+
+
+def init_batch_stats(num_concepts: int) -> dict:
+    """Fresh BatchNorm running statistics: mean 0, var 1, zero batches seen."""
+    return {
+        "mean": jnp.zeros((num_concepts,), jnp.float32),
+        "var": jnp.ones((num_concepts,), jnp.float32),
+        "count": jnp.zeros((), jnp.int32),
+    }
+
+
+def init_params(rng: jax.Array, config: USAEConfig) -> tuple[Params, BatchStats]:
+    """Parameters and BatchNorm statistics of every model; model ``m`` uses ``fold_in(rng, m)``."""
+    models = {
+        name: init_model_params(jax.random.fold_in(rng, index), width, config.num_concepts)
+        for index, (name, width) in enumerate(zip(config.model_names, config.widths, strict=True))
+    }
+    stats = {name: init_batch_stats(config.num_concepts) for name in config.model_names}
+    return {"models": models}, stats
+
+
+def check_params(params: Params, config: USAEConfig) -> None:
+    """Raise ``ValueError`` if ``params`` do not have the shapes ``config`` describes."""
+    models = params.get("models", {})
+    if set(models) != set(config.model_names):
+        raise ValueError(
+            f"parameters hold models {sorted(models)}, config has {list(config.model_names)}"
+        )
+    for name, width in zip(config.model_names, config.widths, strict=True):
+        shape = tuple(models[name]["dictionary"].shape)
+        if shape != (config.num_concepts, width):
+            raise ValueError(
+                f"model {name!r}: dictionary has shape {shape}, "
+                f"config expects ({config.num_concepts}, {width})"
+            )
