@@ -1,0 +1,215 @@
+"""The training loop: ``train(config, workdir, source)``.
+
+Auto-resumes from the newest checkpoint in ``workdir``; the source model of each step and the
+rows of each batch depend only on ``(seed, step)``, so an interrupted and resumed run ends with
+the same parameters as an uninterrupted one. Metrics go to ``workdir/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from usae_jax import config as config_lib
+from usae_jax.checkpoint import Checkpointer
+from usae_jax.data.source import PairedSource, check_matches
+from usae_jax.metrics import dead_fraction, evaluate
+from usae_jax.optim import make_optimizer, schedule_for
+from usae_jax.plots import plot_r2_matrix
+from usae_jax.sharding import create_mesh, must_block_each_step, replicated, row_sharded, shard_rows
+from usae_jax.train_state import TrainState, create_train_state
+from usae_jax.train_step import draw_source, make_all_sources_step, make_source_step
+from usae_jax.writers import JsonlWriter
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    state: TrainState
+    """The final training state (on the devices)."""
+
+    final_metrics: dict
+    """``r2`` and ``r2_per_feature`` ``[M, M]`` lists, ``l0``, ``dead_fraction``, ``steps``."""
+
+    seconds: float
+    """Wall time of this call (compilation included)."""
+
+
+class StepRunner:
+    """Jitted, sharded, donated steps; one compilation per source model (or one for "all").
+
+    ``traces`` counts how often each step function was traced, so tests can pin compilations.
+    """
+
+    def __init__(self, config: config_lib.TrainConfig, optimizers: dict, mesh):
+        self.config = config
+        self.mesh = mesh
+        self.traces = 0
+        usae = config.usae
+        state_sharding, batch_sharding = replicated(mesh), row_sharded(mesh)
+        if config.source_sampling == "all":
+            bodies = {None: make_all_sources_step(usae, optimizers)}
+        else:
+            bodies = {name: make_source_step(usae, optimizers, name) for name in usae.model_names}
+        self._steps = {
+            key: jax.jit(
+                self._counted(body),
+                in_shardings=(state_sharding, batch_sharding),
+                out_shardings=(state_sharding, state_sharding),
+                donate_argnums=(0,),
+            )
+            for key, body in bodies.items()
+        }
+        self._block = must_block_each_step(mesh)
+
+    def _counted(self, body):
+        def counted(state, batch):
+            self.traces += 1
+            return body(state, batch)
+
+        return counted
+
+    def source_of(self, step: int) -> str | None:
+        """The source model of ``step`` (None for "all")."""
+        if self.config.source_sampling == "all":
+            return None
+        names = self.config.usae.model_names
+        return names[draw_source(self.config.seed, step, len(names))]
+
+    def __call__(self, state: TrainState, batch: dict, step: int):
+        state, metrics = self._steps[self.source_of(step)](state, batch)
+        if self._block:
+            jax.block_until_ready(state)
+        return state, metrics
+
+
+def build_optimizers(config: config_lib.TrainConfig, total_steps: int, steps_per_epoch: int):
+    """One optimiser per model; warmup defaults to one epoch of steps."""
+    warmup = config.optim.warmup_steps
+    warmup = steps_per_epoch if warmup is None else warmup
+    schedule = schedule_for(config.optim, total_steps, warmup, config.usae.num_models)
+    optimizer = make_optimizer(config.optim, schedule)
+    return {name: optimizer for name in config.usae.model_names}, schedule
+
+
+def _check_finite(value: float, first_step: int, last_step: int) -> None:
+    if not np.isfinite(value):
+        raise NonFiniteLossError(
+            f"loss became {value} between steps {first_step} and {last_step}; the last "
+            "checkpoint before that range is intact. Check the input activations and the "
+            "learning rate."
+        )
+
+
+def train(
+    config: config_lib.TrainConfig,
+    workdir: str | os.PathLike,
+    source: PairedSource,
+    *,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train a USAE on ``source`` under ``config``, checkpointing into ``workdir``.
+
+    Args:
+      stop_after: stop (with a checkpoint) after this many total steps, as if interrupted;
+        a later call resumes. For tests and preemptible jobs.
+    """
+    started = time.perf_counter()
+    usae = config.usae
+    check_matches(source, usae.model_names, usae.widths)
+    os.makedirs(workdir, exist_ok=True)
+    total_steps = config.total_steps(source.num_rows)
+    steps_per_epoch = max(1, source.num_rows // config.batch_rows)
+    mesh = create_mesh(config.data_parallel)
+    if config.batch_rows % mesh.size:
+        raise ValueError(f"batch_rows={config.batch_rows} is not divisible by {mesh.size} devices")
+    optimizers, _ = build_optimizers(config, total_steps, steps_per_epoch)
+    config_json = config_lib.to_dict(config)
+    with open(os.path.join(workdir, "config.json"), "w") as handle:
+        json.dump(config_json, handle, indent=2)
+
+    checkpointer = Checkpointer(workdir, config.keep_checkpoints, config_json)
+    state = jax.device_put(create_train_state(config, optimizers), replicated(mesh))
+    if checkpointer.latest_step() is not None:
+        state, _ = checkpointer.restore(state)
+    start = int(state.step)
+    runner = StepRunner(config, optimizers, mesh)
+    writer = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
+    end = total_steps if stop_after is None else min(total_steps, stop_after)
+
+    last_checked = start
+    bar = tqdm(
+        total=total_steps,
+        initial=start,
+        desc="train USAE",
+        disable=not config.progress_bar,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    for step in range(start, end):
+        batch = shard_rows(source.batch(step, config.batch_rows, config.seed), mesh)
+        state, metrics = runner(state, batch, step)
+        done = step + 1
+        bar.update(1)
+        if done % config.log_every == 0 or done == end:
+            metrics = jax.device_get(metrics)
+            _check_finite(float(metrics.loss), last_checked, done)
+            last_checked = done
+            record = {
+                "loss": float(metrics.loss),
+                "target_losses": np.asarray(metrics.target_losses),
+                "l0": float(metrics.l0),
+                "source": runner.source_of(step) or "all",
+                "dead_fraction": dead_fraction(
+                    jax.device_get(state.tokens_since_fired), steps_per_epoch * config.batch_rows
+                ),
+            }
+            writer.write(done, record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if done % config.checkpoint_every == 0 or done == end:
+            _check_finite(float(jax.device_get(metrics.loss)), last_checked, done)
+            checkpointer.save(done, state)
+    bar.close()
+
+    final = final_report(config, workdir, source, state)
+    final["steps"] = int(state.step)
+    writer.write(int(state.step), {"final": final})
+    checkpointer.close()
+    return TrainResult(state, final, time.perf_counter() - started)
+
+
+def final_report(config, workdir, source: PairedSource, state: TrainState) -> dict:
+    """R² matrices (both centrings), L0 and dead fractions; writes ``r2_matrix.png``."""
+    usae = config.usae
+    rows = min(config.eval_rows, source.num_rows)
+    batch = source.batch(0, rows, config.seed + 1)
+    host = jax.device_get((state.params, state.batch_stats, state.tokens_since_fired))
+    params, stats, tokens = host
+    result = evaluate(usae, params, stats, batch)
+    steps_per_epoch = max(1, source.num_rows // config.batch_rows)
+    report = {
+        "r2": result["r2"].tolist(),
+        "r2_per_feature": result["r2_per_feature"].tolist(),
+        "l0": dict(zip(usae.model_names, result["l0"].tolist(), strict=True)),
+        "dead_fraction": dead_fraction(tokens, steps_per_epoch * config.batch_rows),
+        "eval_rows": rows,
+    }
+    if jax.process_index() == 0:
+        plot_r2_matrix(
+            result["r2"],
+            usae.model_names,
+            os.path.join(workdir, "r2_matrix.png"),
+            title=f"USAE R² (scalar centring), {rows} rows",
+        )
+    return report
