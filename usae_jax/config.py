@@ -266,3 +266,28 @@ def train_config_from_dict(data: dict) -> TrainConfig:
     usae = USAEConfig(**{**data.pop("usae")})
     optim = OptimConfig(**data.pop("optim"))
     return TrainConfig(usae=usae, optim=optim, **data)
+
+
+_USAE_FIELDS = {field.name for field in dataclasses.fields(USAEConfig)}
+_OPTIM_FIELDS = {field.name for field in dataclasses.fields(OptimConfig)}
+
+
+def replace_fields(config: TrainConfig, **overrides) -> TrainConfig:
+    """``config`` with the non-None ``overrides`` applied, wherever each field lives.
+
+    ``num_steps`` replaces ``num_epochs`` (and vice versa). Validation runs again.
+    """
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    usae = {k: v for k, v in overrides.items() if k in _USAE_FIELDS}
+    optim = {k: v for k, v in overrides.items() if k in _OPTIM_FIELDS}
+    train = {k: v for k, v in overrides.items() if k not in _USAE_FIELDS | _OPTIM_FIELDS}
+    if "num_steps" in train:
+        train["num_epochs"] = None
+    elif "num_epochs" in train:
+        train["num_steps"] = None
+    return dataclasses.replace(
+        config,
+        usae=dataclasses.replace(config.usae, **usae),
+        optim=dataclasses.replace(config.optim, **optim),
+        **train,
+    )

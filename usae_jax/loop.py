@@ -45,6 +45,9 @@ class TrainResult:
     seconds: float
     """Wall time of this call (compilation included)."""
 
+    compilations: int
+    """How many times a step function was traced in this call (one per source model)."""
+
 
 class StepRunner:
     """Jitted, sharded, donated steps; one compilation per source model (or one for "all").
@@ -186,7 +189,7 @@ def train(
     final["steps"] = int(state.step)
     writer.write(int(state.step), {"final": final})
     checkpointer.close()
-    return TrainResult(state, final, time.perf_counter() - started)
+    return TrainResult(state, final, time.perf_counter() - started, runner.traces)
 
 
 def final_report(config, workdir, source: PairedSource, state: TrainState) -> dict:

@@ -1,0 +1,37 @@
+"""Default run: a USAE on the built-in planted-concept data (3 synthetic models).
+
+Launch:  python -m experiments.train --workdir=runs/default
+Runtime: about 1.5-2 minutes on a 2-core CPU (8000 steps of 1024 rows).
+Expected: shared-concept recovery (mean max cosine) >= 0.93 for every model; self-R² about
+0.89-0.93 and cross-R² about 0.67-0.71 (the planted shared concepts carry about 70% of each
+model's variance, so cross-R² near that is the ceiling).
+"""
+
+from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
+from usae_jax.data.planted import PlantedConfig
+
+
+def get_planted() -> PlantedConfig:
+    """The synthetic data: widths 64/48/96, 48 shared and 16 private concepts per model."""
+    return PlantedConfig(rows=32768, seed=0)
+
+
+def get_config(names=None, widths=None) -> TrainConfig:
+    """The training config; ``names``/``widths`` default to the planted models'."""
+    planted = get_planted()
+    return TrainConfig(
+        usae=USAEConfig(
+            model_names=tuple(names or planted.model_names),
+            widths=tuple(widths or planted.widths),
+            num_concepts=256,
+            top_k=8,
+        ),
+        # A higher learning rate than the paper's 3e-4: the run is 8000 short steps, not 30
+        # epochs of ImageNet. Everything else is the official recipe.
+        optim=OptimConfig(learning_rate=1e-2),
+        batch_rows=1024,
+        num_steps=8000,
+        checkpoint_every=2000,
+        log_every=200,
+        seed=0,
+    )

@@ -1,0 +1,65 @@
+"""Train a Universal Sparse Autoencoder.
+
+Default: the built-in planted-concept data (no files needed):
+    python -m experiments.train --workdir=runs/default
+Real activations: one .npy per model, or an activation store made by experiments/extract.py:
+    python -m experiments.train --npy=dino=a.npy,vit=b.npy --workdir=runs/mine
+    python -m experiments.train --store=stores/dino --workdir=runs/store
+Re-running with the same --workdir resumes from its last checkpoint.
+"""
+
+import importlib
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metrics, plots, exports.")
+flags.DEFINE_string("config", "default", "Config module in experiments/configs (default, paper).")
+flags.DEFINE_list("npy", [], "Real activations: name=path.npy per model, [rows, width] each.")
+flags.DEFINE_string("store", None, "Activation store directory written by experiments/extract.py.")
+flags.DEFINE_integer("steps", None, "Override the number of training steps.")
+flags.DEFINE_float("learning_rate", None, "Override the base learning rate of every model.")
+flags.DEFINE_integer("batch_rows", None, "Override the rows (tokens) per step.")
+flags.DEFINE_integer("num_concepts", None, "Override the number of concepts.")
+flags.DEFINE_integer("top_k", None, "Override k, the concepts kept per row.")
+flags.DEFINE_integer("seed", None, "Override the seed (init, data order, source draws).")
+flags.DEFINE_enum("source_sampling", None, ["random_one", "all"],
+                  "random_one: official, one source model per step; all: every model per step.")
+flags.DEFINE_integer("data_parallel", None, "Devices on the data axis (default: all devices).")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
+    from usae_jax.config import replace_fields
+    from usae_jax.data.planted import generate_planted
+    from usae_jax.data.source import ArraySource
+    from usae_jax.run import format_summary, train_and_report
+
+    module = importlib.import_module(f"experiments.configs.{FLAGS.config}")
+    planted = None
+    if FLAGS.store:
+        from usae_jax.data.loader import StoreSource
+
+        source = StoreSource(FLAGS.store)
+    elif FLAGS.npy:
+        source = ArraySource.from_npy(dict(item.split("=", 1) for item in FLAGS.npy))
+    else:
+        planted = generate_planted(module.get_planted())
+        source = planted.source()
+    config = replace_fields(
+        module.get_config(source.names, source.widths),
+        num_steps=FLAGS.steps, learning_rate=FLAGS.learning_rate, batch_rows=FLAGS.batch_rows,
+        num_concepts=FLAGS.num_concepts, top_k=FLAGS.top_k, seed=FLAGS.seed,
+        source_sampling=FLAGS.source_sampling, data_parallel=FLAGS.data_parallel,
+        progress_bar=FLAGS.progress,
+    )
+    print(f"training {source.names} on {source.num_rows} rows into {FLAGS.workdir}")
+    _, summary = train_and_report(config, FLAGS.workdir, source, planted)
+    print(format_summary(config.usae.model_names, summary))
+    print(f"outputs in {FLAGS.workdir}: r2_matrix.png, metrics.jsonl, summary.json, export/")
+
+
+if __name__ == "__main__":
+    app.run(main)

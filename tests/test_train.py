@@ -1,0 +1,173 @@
+"""The training step and loop: locality of updates, sharding, compilations, resume, bad input."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from usae_jax.checkpoint import CheckpointError
+from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
+from usae_jax.data.planted import PlantedConfig, generate_planted
+from usae_jax.data.source import ArraySource
+from usae_jax.loop import NonFiniteLossError, StepRunner, build_optimizers, train
+from usae_jax.sharding import create_mesh, replicated, shard_rows
+from usae_jax.train_state import create_train_state
+from usae_jax.writers import read_jsonl
+
+PLANTED = PlantedConfig(widths=(12, 8, 16), num_shared=6, num_specific=3, rows=512, seed=1)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return generate_planted(PLANTED)
+
+
+def _config(**overrides) -> TrainConfig:
+    base = TrainConfig(
+        usae=USAEConfig(
+            model_names=PLANTED.model_names, widths=PLANTED.widths, num_concepts=32, top_k=4
+        ),
+        optim=OptimConfig(learning_rate=3e-3),
+        batch_rows=64,
+        num_steps=8,
+        checkpoint_every=4,
+        log_every=2,
+        eval_rows=128,
+        progress_bar=False,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def _leaves_equal(a, b) -> bool:
+    return all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def test_step_changes_only_the_source_model(planted):
+    config = _config(data_parallel=1)
+    optimizers, _ = build_optimizers(config, 8, 8)
+    mesh = create_mesh(1)
+    runner = StepRunner(config, optimizers, mesh)
+    state = jax.device_put(create_train_state(config, optimizers), replicated(mesh))
+    before = jax.device_get(state)
+    source = runner.source_of(0)
+    batch = shard_rows(planted.source().batch(0, 64, 0), mesh)
+    after = jax.device_get(runner(state, batch, 0)[0])
+    for name in config.usae.model_names:
+        same = [
+            _leaves_equal(before.params["models"][name], after.params["models"][name]),
+            _leaves_equal(before.opt_states[name], after.opt_states[name]),
+            _leaves_equal(before.batch_stats[name], after.batch_stats[name]),
+        ]
+        assert same == ([False] * 3 if name == source else [True] * 3), name
+
+
+def test_sharded_equals_single_device_and_compiles_once_per_model(planted, tmp_path):
+    assert jax.device_count() == 8, "tests expect 8 fake CPU devices (tests/conftest.py)"
+    single = train(_config(data_parallel=1), tmp_path / "one", planted.source())
+    sharded = train(_config(data_parallel=8), tmp_path / "eight", planted.source())
+    one, eight = jax.device_get((single.state, sharded.state))
+    for name in PLANTED.model_names:
+        a, b = one.params["models"][name], eight.params["models"][name]
+        # The encoder bias feeds BatchNorm, so its true gradient is 0 and its updates are AdamW-
+        # scaled rounding noise that depends on the reduction order (see test_parity.py); the
+        # running mean inherits that. Everything else must agree to float32 rounding.
+        np.testing.assert_allclose(a["dictionary"], b["dictionary"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            a["encoder"]["kernel"], b["encoder"]["kernel"], rtol=1e-5, atol=1e-6
+        )
+        for part in ("scale", "bias"):
+            np.testing.assert_allclose(
+                a["batchnorm"][part], b["batchnorm"][part], rtol=1e-5, atol=1e-6
+            )
+        np.testing.assert_allclose(
+            one.batch_stats[name]["var"], eight.batch_stats[name]["var"], rtol=1e-5
+        )
+    picks = {sharded_source(s) for s in range(8)}
+    assert sharded.compilations == len(picks) <= 3
+    assert single.compilations == len(picks)
+
+
+def sharded_source(step):
+    from usae_jax.train_step import draw_source
+
+    return draw_source(0, step, len(PLANTED.model_names))
+
+
+def test_resumed_run_equals_uninterrupted(planted, tmp_path):
+    config = _config(data_parallel=2)
+    whole = train(config, tmp_path / "whole", planted.source())
+    first = train(config, tmp_path / "split", planted.source(), stop_after=3)
+    assert int(first.state.step) == 3
+    resumed = train(config, tmp_path / "split", planted.source())
+    assert _leaves_equal(jax.device_get(whole.state), jax.device_get(resumed.state))
+    records = read_jsonl(tmp_path / "split" / "metrics.jsonl")
+    steps = [record["step"] for record in records if "final" not in record]
+    assert steps == [2, 4, 6, 8], steps  # the interrupted run's lines from step 3 on are redone
+
+
+def test_all_sources_option_updates_every_model(planted, tmp_path):
+    result = train(_config(source_sampling="all", data_parallel=1), tmp_path, planted.source())
+    assert result.compilations == 1
+    for name in PLANTED.model_names:
+        assert int(result.state.batch_stats[name]["count"]) == 8
+
+
+def test_nan_activations_are_rejected(planted, tmp_path):
+    arrays = {name: np.array(x) for name, x in planted.activations.items()}
+    arrays["beta"][7, 2] = np.nan
+    with pytest.raises(ValueError, match="non-finite.*'beta'"):
+        train(_config(), tmp_path, ArraySource(arrays, standardise=False))
+
+
+def test_non_finite_loss_names_the_step_range(planted, tmp_path):
+    arrays = {name: x * 1e30 for name, x in planted.activations.items()}
+    config = _config(usae=dataclasses.replace(_config().usae, loss="l2_auxk"), data_parallel=1)
+    with pytest.raises(NonFiniteLossError, match="between steps 0 and 2"):
+        train(config, tmp_path, ArraySource(arrays, standardise=False))
+
+
+def test_width_mismatch_and_bad_configs_are_clear_errors(planted, tmp_path):
+    wrong = dataclasses.replace(_config().usae, widths=(12, 9, 16))
+    with pytest.raises(ValueError, match="'beta'.*width 8.*config says 9"):
+        train(_config(usae=wrong), tmp_path, planted.source())
+    with pytest.raises(ValueError, match="model_names"):
+        USAEConfig(model_names=(), widths=())
+    with pytest.raises(ValueError, match="top_k=40"):
+        USAEConfig(model_names=("a",), widths=(4,), num_concepts=32, top_k=40)
+    with pytest.raises(ValueError, match="empty"):
+        ArraySource({})
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        ArraySource.from_npy({"a": tmp_path / "missing.npy"})
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(planted, tmp_path):
+    config = _config(data_parallel=1, num_steps=2, checkpoint_every=2)
+    train(config, tmp_path, planted.source())
+    with pytest.raises(CheckpointError, match="different configuration"):
+        train(dataclasses.replace(config, seed=5), tmp_path, planted.source())
+    for root, _, files in os.walk(tmp_path / "checkpoints" / "2" / "state"):
+        for file in files:
+            with open(os.path.join(root, file), "r+b") as handle:
+                handle.truncate(3)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        train(config, tmp_path, planted.source())
+
+
+def test_train_entry_point_runs_and_writes_outputs(tmp_path):
+    workdir = tmp_path / "run"
+    completed = subprocess.run(
+        [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", "--steps=30",
+         "--batch_rows=256", "--noprogress", "--data_parallel=1"],
+        capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "R² matrix" in completed.stdout and "recovery" in completed.stdout
+    for name in ("r2_matrix.png", "metrics.jsonl", "summary.json", "export/alpha.safetensors"):
+        assert (workdir / name).exists(), name

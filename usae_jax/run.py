@@ -1,0 +1,62 @@
+"""One call from data to a trained, exported, reported USAE (what ``experiments/train.py`` runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from usae_jax.config import TrainConfig
+from usae_jax.data.planted import PlantedData, recovery
+from usae_jax.data.source import PairedSource
+from usae_jax.interop import export_safetensors
+from usae_jax.loop import TrainResult, train
+
+
+def train_and_report(
+    config: TrainConfig,
+    workdir: str | os.PathLike,
+    source: PairedSource,
+    planted: PlantedData | None = None,
+    stop_after: int | None = None,
+) -> tuple[TrainResult, dict]:
+    """Train (auto-resuming), export safetensors, write ``summary.json``; return both.
+
+    With ``planted`` ground truth the summary adds ``recovery``: per model, the mean over the
+    planted shared concepts of the best cosine with a row of that model's dictionary.
+    """
+    result = train(config, workdir, source, stop_after=stop_after)
+    summary = {**result.final_metrics, "seconds": round(result.seconds, 1)}
+    if stop_after is not None and summary["steps"] < config.total_steps(source.num_rows):
+        return result, summary
+    params, stats = jax.device_get((result.state.params, result.state.batch_stats))
+    if planted is not None:
+        summary["recovery"] = recovery(params, planted)
+    if jax.process_index() == 0:
+        export_safetensors(params, stats, os.path.join(workdir, "export"))
+        with open(os.path.join(workdir, "summary.json"), "w") as handle:
+            json.dump(summary, handle, indent=2)
+    return result, summary
+
+
+def format_summary(names: tuple[str, ...], summary: dict) -> str:
+    """A short human-readable table of the summary."""
+    width = max(len(n) for n in names) + 2
+    lines = [f"R² matrix (row: encoded from, column: decoded into; scalar centring, "
+             f"{summary['eval_rows']} rows)"]
+    lines.append(" " * width + "".join(f"{n:>{width}}" for n in names))
+    for name, row in zip(names, np.asarray(summary["r2"]), strict=True):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}.3f}" for v in row))
+    lines.append("L0: " + ", ".join(f"{n} {summary['l0'][n]:.1f}" for n in names))
+    lines.append(
+        "dead concepts: " + ", ".join(f"{n} {summary['dead_fraction'][n]:.1%}" for n in names)
+    )
+    if "recovery" in summary:
+        lines.append(
+            "shared-concept recovery (mean max cosine): "
+            + ", ".join(f"{n} {summary['recovery'][n]:.3f}" for n in names)
+        )
+    lines.append(f"steps: {summary['steps']}, wall time: {summary['seconds']:.0f} s")
+    return "\n".join(lines)
