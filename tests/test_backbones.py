@@ -31,7 +31,10 @@ def torch_states(model, pixels, **kw):
 
 
 def max_diff(ours, bb, ref):
-    return max(float(np.abs(np.asarray(ours[name]) - r).max()) for name, r in zip(bb.layers, ref))
+    return max(
+        float(np.abs(np.asarray(ours[name]) - r).max())
+        for name, r in zip(bb.layers, ref, strict=True)
+    )
 
 
 @pytest.fixture(scope="module", params=sorted(VISION))
@@ -106,7 +109,7 @@ def test_text_equals_torch(family, tmp_path):
     ref = [h.numpy() for h in out.hidden_states] + [out.last_hidden_state.numpy()]
     diff = max(
         float(np.abs(np.asarray(ours[n])[mask > 0] - r[mask > 0]).max())
-        for n, r in zip(bb.layers, ref)
+        for n, r in zip(bb.layers, ref, strict=True)
     )
     assert diff < TOL
     pooled = bb.apply(bb.params, tokens, ("final",), pooling="mean")["final"]
