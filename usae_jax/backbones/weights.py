@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+BUFFERS = ("position_ids", "num_batches_tracked")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -112,7 +113,11 @@ def flax_params_from_torch(
     """
     from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
 
-    sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
+    sd = {
+        k: np.asarray(v, np.float32)
+        for k, v in state_dict.items()
+        if not k.endswith(BUFFERS)  # non-learned torch buffers
+    }
     converted = flatten_dict(convert_pytorch_state_dict_to_flax(sd, flax_model))
     reference = flatten_dict(flax_model.params)
     prefix = flax_model.base_model_prefix
