@@ -131,3 +131,18 @@ def test_missing_weights_is_a_clear_error(tmp_path):
 def test_pool_rejects_unknown():
     with pytest.raises(ValueError, match="pooling"):
         base.pool(np.zeros((1, 2, 3)), np.ones((1, 2)), "max")
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_siglip_equals_torch(tmp_path, safe):
+    torch.manual_seed(0)
+    config = tf.SiglipVisionConfig(**TINY, image_size=32, patch_size=8)
+    model = tf.SiglipVisionModel(config).eval()
+    model.save_pretrained(tmp_path, safe_serialization=safe)
+    bb = hf.load_hf_vision(tmp_path)
+    assert bb.name == "siglip" and bb.num_prefix == 0 and bb.grid == (4, 4)
+    pixels = bb.preprocess(images())
+    ours = jax.jit(lambda p, x: bb.apply(p, x, bb.layers))(bb.params, pixels)
+    diff = max_diff(ours, bb, torch_states(model, pixels))
+    print(f"siglip {'safetensors' if safe else 'bin'}: max abs diff {diff:.2e}")
+    assert diff < TOL
