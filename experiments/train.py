@@ -12,7 +12,9 @@ import importlib
 
 from absl import app, flags, logging
 
-flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metrics, plots, exports.")
+flags.DEFINE_string(
+    "workdir", "runs/default", "Directory for checkpoints, metrics, plots, exports."
+)
 flags.DEFINE_string("config", "default", "Config module in experiments/configs (default, paper).")
 flags.DEFINE_list("npy", [], "Real activations: name=path.npy per model, [rows, width] each.")
 flags.DEFINE_string("store", None, "Activation store directory written by experiments/extract.py.")
@@ -22,8 +24,12 @@ flags.DEFINE_integer("batch_rows", None, "Override the rows (tokens) per step.")
 flags.DEFINE_integer("num_concepts", None, "Override the number of concepts.")
 flags.DEFINE_integer("top_k", None, "Override k, the concepts kept per row.")
 flags.DEFINE_integer("seed", None, "Override the seed (init, data order, source draws).")
-flags.DEFINE_enum("source_sampling", None, ["random_one", "all"],
-                  "random_one: official, one source model per step; all: every model per step.")
+flags.DEFINE_enum(
+    "source_sampling",
+    None,
+    ["random_one", "all"],
+    "random_one: official, one source model per step; all: every model per step.",
+)
 flags.DEFINE_integer("data_parallel", None, "Devices on the data axis (default: all devices).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 FLAGS = flags.FLAGS
@@ -50,9 +56,14 @@ def main(argv):
         source = planted.source()
     config = replace_fields(
         module.get_config(source.names, source.widths),
-        num_steps=FLAGS.steps, learning_rate=FLAGS.learning_rate, batch_rows=FLAGS.batch_rows,
-        num_concepts=FLAGS.num_concepts, top_k=FLAGS.top_k, seed=FLAGS.seed,
-        source_sampling=FLAGS.source_sampling, data_parallel=FLAGS.data_parallel,
+        num_steps=FLAGS.steps,
+        learning_rate=FLAGS.learning_rate,
+        batch_rows=FLAGS.batch_rows,
+        num_concepts=FLAGS.num_concepts,
+        top_k=FLAGS.top_k,
+        seed=FLAGS.seed,
+        source_sampling=FLAGS.source_sampling,
+        data_parallel=FLAGS.data_parallel,
         progress_bar=FLAGS.progress,
     )
     print(f"training {source.names} on {source.num_rows} rows into {FLAGS.workdir}")

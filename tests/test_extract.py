@@ -135,3 +135,28 @@ def test_cli(setup, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "64 rows" in done.stdout
+
+
+def test_extract_store_train_r2_end_to_end(setup, tmp_path):
+    """Generated images -> tiny random backbones -> store -> USAE training -> R² matrix."""
+    from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
+    from usae_jax.loop import train
+
+    _, backbones, config, source = setup
+    store = ex.extract(config, backbones, source, str(tmp_path / "store"), progress=False)
+    data = StoreSource(str(tmp_path / "store"))
+    train_config = TrainConfig(
+        usae=USAEConfig(model_names=data.names, widths=data.widths, num_concepts=24, top_k=3),
+        optim=OptimConfig(learning_rate=3e-3),
+        batch_rows=32,
+        num_steps=6,
+        log_every=3,
+        checkpoint_every=6,
+        eval_rows=store.num_rows,
+        data_parallel=2,
+        progress_bar=False,
+    )
+    result = train(train_config, tmp_path / "run", data)
+    r2 = np.asarray(result.final_metrics["r2"])
+    assert r2.shape == (3, 3) and np.isfinite(r2).all()
+    assert (tmp_path / "run" / "r2_matrix.png").stat().st_size > 1000

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from usae_jax.config import USAEConfig
 from usae_jax.interop import (
     export_official_model,
     export_safetensors,
@@ -15,7 +16,6 @@ from usae_jax.interop import (
     load_official_checkpoint,
 )
 from usae_jax.usae.params import init_batch_stats, init_params
-from usae_jax.config import USAEConfig
 
 
 def _params():
@@ -29,7 +29,9 @@ def test_safetensors_round_trip_is_exact(tmp_path):
     paths = export_safetensors(params, stats, tmp_path)
     assert len(paths) == 2 and json.loads((tmp_path / "usae.json").read_text())["b"]["width"] == 4
     back_params, back_stats = import_safetensors(tmp_path, ["a", "b"])
-    for a, b in zip(jax.tree.leaves((params, stats)), jax.tree.leaves((back_params, back_stats))):
+    for a, b in zip(
+        jax.tree.leaves((params, stats)), jax.tree.leaves((back_params, back_stats)), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="c.safetensors"):
         import_safetensors(tmp_path, ["c"])
@@ -46,12 +48,16 @@ def test_missing_official_key_is_named():
 def test_official_pth_checkpoint_loads_with_weights_only(tmp_path):
     torch = pytest.importorskip("torch")
     params, stats = _params()
-    state = {k: torch.from_numpy(np.array(v)) for k, v in
-             export_official_model(params["models"]["b"], stats["b"]).items()}
+    state = {
+        k: torch.from_numpy(np.array(v))
+        for k, v in export_official_model(params["models"]["b"], stats["b"]).items()
+    }
     path = tmp_path / "uni_b_checkpoint_29.pth"
     torch.save({"model_state_dict": state, "epoch": 29}, path)
     loaded, loaded_stats = load_official_checkpoint(path)
-    np.testing.assert_array_equal(loaded["encoder"]["kernel"], params["models"]["b"]["encoder"]["kernel"])
+    np.testing.assert_array_equal(
+        loaded["encoder"]["kernel"], params["models"]["b"]["encoder"]["kernel"]
+    )
     np.testing.assert_array_equal(loaded["dictionary"], params["models"]["b"]["dictionary"])
     assert int(loaded_stats["count"]) == 0
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
@@ -62,8 +68,10 @@ def test_official_pth_checkpoint_loads_with_weights_only(tmp_path):
 
 
 def test_import_official_builds_the_pytree(parity):
-    states = {name: {k.split("/", 2)[2]: v for k, v in parity.items()
-                     if k.startswith(f"init/{name}/")} for name in ("alpha", "beta")}
+    states = {
+        name: {k.split("/", 2)[2]: v for k, v in parity.items() if k.startswith(f"init/{name}/")}
+        for name in ("alpha", "beta")
+    }
     params, stats = import_official(states)
     assert params["models"]["beta"]["encoder"]["kernel"].shape == (32, 256)
     assert stats["alpha"]["var"].shape == (256,)

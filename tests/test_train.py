@@ -162,9 +162,19 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(planted, tmp_path):
 def test_train_entry_point_runs_and_writes_outputs(tmp_path):
     workdir = tmp_path / "run"
     completed = subprocess.run(
-        [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", "--steps=30",
-         "--batch_rows=256", "--noprogress", "--data_parallel=1"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            f"--workdir={workdir}",
+            "--steps=30",
+            "--batch_rows=256",
+            "--noprogress",
+            "--data_parallel=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

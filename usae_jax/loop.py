@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from usae_jax import config as config_lib
 from usae_jax.checkpoint import Checkpointer
+from usae_jax.data.loader import prefetch_to_mesh
 from usae_jax.data.source import PairedSource, check_matches
 from usae_jax.metrics import dead_fraction, evaluate
 from usae_jax.optim import make_optimizer, schedule_for
@@ -160,30 +161,40 @@ def train(
         unit="step",
         dynamic_ncols=True,
     )
-    for step in range(start, end):
-        batch = shard_rows(source.batch(step, config.batch_rows, config.seed), mesh)
-        state, metrics = runner(state, batch, step)
-        done = step + 1
-        bar.update(1)
-        if done % config.log_every == 0 or done == end:
-            metrics = jax.device_get(metrics)
-            _check_finite(float(metrics.loss), last_checked, done)
-            last_checked = done
-            record = {
-                "loss": float(metrics.loss),
-                "target_losses": np.asarray(metrics.target_losses),
-                "l0": float(metrics.l0),
-                "source": runner.source_of(step) or "all",
-                "dead_fraction": dead_fraction(
-                    jax.device_get(state.tokens_since_fired), steps_per_epoch * config.batch_rows
-                ),
-            }
-            writer.write(done, record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if done % config.checkpoint_every == 0 or done == end:
-            _check_finite(float(jax.device_get(metrics.loss)), last_checked, done)
-            checkpointer.save(done, state)
-    bar.close()
+    batches = prefetch_to_mesh(
+        source,
+        range(start, end),
+        config.batch_rows,
+        config.seed,
+        place=lambda host: shard_rows(host, mesh),
+    )
+    try:
+        for step, batch in batches:
+            state, metrics = runner(state, batch, step)
+            done = step + 1
+            bar.update(1)
+            if done % config.log_every == 0 or done == end:
+                metrics = jax.device_get(metrics)
+                _check_finite(float(metrics.loss), last_checked, done)
+                last_checked = done
+                record = {
+                    "loss": float(metrics.loss),
+                    "target_losses": np.asarray(metrics.target_losses),
+                    "l0": float(metrics.l0),
+                    "source": runner.source_of(step) or "all",
+                    "dead_fraction": dead_fraction(
+                        jax.device_get(state.tokens_since_fired),
+                        steps_per_epoch * config.batch_rows,
+                    ),
+                }
+                writer.write(done, record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if done % config.checkpoint_every == 0 or done == end:
+                _check_finite(float(jax.device_get(metrics.loss)), last_checked, done)
+                checkpointer.save(done, state)
+    finally:
+        batches.close()
+        bar.close()
 
     final = final_report(config, workdir, source, state)
     final["steps"] = int(state.step)

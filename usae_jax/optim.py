@@ -32,10 +32,7 @@ def official_schedule(
 
     def schedule(count):
         u = jnp.asarray(count, jnp.float32)
-        if warmup_iters == 1:
-            warmup = jnp.full_like(u, start_lr)
-        else:
-            warmup = start_lr + warmup_step * u
+        warmup = start_lr + warmup_step * u  # linspace(start, base, warmup_iters)[u]
         cosine_arg = math.pi * (u - warmup_iters) / max(decay_iters, 1)
         cosine = final_lr + 0.5 * (base_lr - final_lr) * (1 + jnp.cos(cosine_arg))
         value = jnp.where(u < warmup_iters, warmup, cosine)

@@ -44,8 +44,10 @@ def train_and_report(
 def format_summary(names: tuple[str, ...], summary: dict) -> str:
     """A short human-readable table of the summary."""
     width = max(len(n) for n in names) + 2
-    lines = [f"R² matrix (row: encoded from, column: decoded into; scalar centring, "
-             f"{summary['eval_rows']} rows)"]
+    lines = [
+        f"R² matrix (row: encoded from, column: decoded into; scalar centring, "
+        f"{summary['eval_rows']} rows)"
+    ]
     lines.append(" " * width + "".join(f"{n:>{width}}" for n in names))
     for name, row in zip(names, np.asarray(summary["r2"]), strict=True):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}.3f}" for v in row))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -90,8 +90,9 @@ def prefetch_to_mesh(
     steps: Iterable[int],
     batch_rows: int,
     seed: int,
-    sharding: jax.sharding.Sharding,
+    sharding: jax.sharding.Sharding | None = None,
     depth: int = 2,
+    place: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]] | None = None,
 ) -> Iterator[tuple[int, dict[str, jax.Array]]]:
     """Yield ``(step, {name: jax.Array [batch_rows, width]})`` placed with ``sharding``.
 
@@ -102,7 +103,16 @@ def prefetch_to_mesh(
     Args:
       sharding: e.g. ``NamedSharding(mesh, PartitionSpec("data"))``; ``batch_rows`` must divide
         evenly over the ``"data"`` axis.
+      place: instead of ``sharding``, a function placing a host batch on the devices (e.g.
+        :func:`usae_jax.sharding.shard_rows`, which also assembles multi-process arrays).
     """
+    if (sharding is None) == (place is None):
+        raise ValueError("pass exactly one of sharding and place")
+    if place is None:
+
+        def place(host):
+            return {k: jax.device_put(v, sharding) for k, v in host.items()}
+
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     buffer: queue.Queue = queue.Queue(maxsize=depth)
@@ -121,7 +131,7 @@ def prefetch_to_mesh(
         try:
             for step in steps:
                 host = source.batch(step, batch_rows, seed)
-                device = {k: jax.device_put(v, sharding) for k, v in host.items()}
+                device = place(host)
                 if not put((step, device)):
                     return
             put(_DONE)
