@@ -32,6 +32,9 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("data_parallel", None, "Devices on the data axis (default: all devices).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_string("coordinator", None, "Multi-host: host:port of process 0 (jax.distributed).")
+flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
 FLAGS = flags.FLAGS
 
 
@@ -39,6 +42,9 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
     from usae_jax.config import replace_fields
+    from usae_jax.distributed import initialize
+
+    initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     from usae_jax.data.planted import generate_planted
     from usae_jax.data.source import ArraySource
     from usae_jax.run import format_summary, train_and_report

@@ -37,6 +37,9 @@ class PairedSource(Protocol):
     def num_rows(self) -> int:
         """Number of paired rows (tokens) available."""
 
+    def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Standardised rows at sorted ``indices``: ``{name: float32 [len(indices), width]}``."""
+
     def batch(self, step: int, batch_rows: int, seed: int) -> dict[str, np.ndarray]:
         """The standardised batch of ``step``: ``{name: float32 [batch_rows, width]}``."""
 
