@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from usae_jax import config as config_lib
 from usae_jax.checkpoint import Checkpointer
 from usae_jax.data.loader import prefetch_to_mesh
-from usae_jax.distributed import ProcessShare
 from usae_jax.data.source import PairedSource, check_matches
+from usae_jax.distributed import ProcessShare
 from usae_jax.metrics import dead_fraction, evaluate
 from usae_jax.optim import make_optimizer, schedule_for
 from usae_jax.plots import plot_r2_matrix
