@@ -10,11 +10,18 @@ import numpy as np
 import pytest
 
 from usae_jax.checkpoint import CheckpointError
+from usae_jax.concept_sharding import state_shardings
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
 from usae_jax.data.planted import PlantedConfig, generate_planted
 from usae_jax.data.source import ArraySource
-from usae_jax.loop import NonFiniteLossError, StepRunner, build_optimizers, train
-from usae_jax.sharding import create_mesh, replicated, shard_rows
+from usae_jax.loop import (
+    NonFiniteLossError,
+    StepRunner,
+    build_optimizers,
+    make_training_mesh,
+    train,
+)
+from usae_jax.sharding import shard_rows
 from usae_jax.train_state import create_train_state
 from usae_jax.writers import read_jsonl
 
@@ -51,9 +58,11 @@ def _leaves_equal(a, b) -> bool:
 def test_step_changes_only_the_source_model(planted):
     config = _config(data_parallel=1)
     optimizers, _ = build_optimizers(config, 8, 8)
-    mesh = create_mesh(1)
-    runner = StepRunner(config, optimizers, mesh)
-    state = jax.device_put(create_train_state(config, optimizers), replicated(mesh))
+    mesh = make_training_mesh(config)
+    fresh = create_train_state(config, optimizers)
+    shardings = state_shardings(fresh, mesh, config.usae.num_concepts)
+    runner = StepRunner(config, optimizers, mesh, shardings)
+    state = jax.device_put(fresh, shardings)
     before = jax.device_get(state)
     source = runner.source_of(0)
     batch = shard_rows(planted.source().batch(0, 64, 0), mesh)

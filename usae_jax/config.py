@@ -195,7 +195,12 @@ class TrainConfig:
     model is updated each step; a departure that uses accelerators better)."""
 
     data_parallel: int | None = None
-    """Devices on the mesh's "data" axis; None uses every device. Must divide ``batch_rows``."""
+    """Devices on the mesh's "data" axis; None uses every device (divided by
+    ``concept_parallel``). Must divide ``batch_rows``."""
+
+    concept_parallel: int = 1
+    """Devices on the mesh's "model" axis: encoders, dictionaries and their optimiser states
+    are split along the concept axis (TopK in two stages). Must divide ``num_concepts``."""
 
     checkpoint_every: int = 500
     """Save an orbax checkpoint every this many steps (and always at the end)."""
@@ -243,6 +248,14 @@ class TrainConfig:
                 self.batch_rows,
                 f"must be divisible by data_parallel={self.data_parallel}",
             )
+        _require(
+            self.concept_parallel > 0
+            and self.usae.num_concepts % self.concept_parallel == 0
+            and self.usae.num_concepts // self.concept_parallel >= 1,
+            "concept_parallel",
+            self.concept_parallel,
+            f"must be > 0 and divide num_concepts={self.usae.num_concepts}",
+        )
         _require(self.checkpoint_every > 0, "checkpoint_every", self.checkpoint_every, "> 0")
         _require(self.keep_checkpoints > 0, "keep_checkpoints", self.keep_checkpoints, "> 0")
         _require(self.log_every > 0, "log_every", self.log_every, "must be > 0")

@@ -18,13 +18,14 @@ from tqdm.auto import tqdm
 
 from usae_jax import config as config_lib
 from usae_jax.checkpoint import Checkpointer
+from usae_jax.concept_sharding import DATA, create_mesh_2d, sharded_ops, state_shardings
 from usae_jax.data.loader import prefetch_to_mesh
 from usae_jax.data.source import PairedSource, check_matches
 from usae_jax.distributed import ProcessShare
 from usae_jax.metrics import dead_fraction, evaluate
 from usae_jax.optim import make_optimizer, schedule_for
 from usae_jax.plots import plot_r2_matrix
-from usae_jax.sharding import create_mesh, must_block_each_step, replicated, row_sharded, shard_rows
+from usae_jax.sharding import must_block_each_step, replicated, row_sharded, shard_rows
 from usae_jax.train_state import TrainState, create_train_state
 from usae_jax.train_step import draw_source, make_all_sources_step, make_source_step
 from usae_jax.writers import JsonlWriter
@@ -57,21 +58,24 @@ class StepRunner:
     ``traces`` counts how often each step function was traced, so tests can pin compilations.
     """
 
-    def __init__(self, config: config_lib.TrainConfig, optimizers: dict, mesh):
+    def __init__(self, config: config_lib.TrainConfig, optimizers: dict, mesh, state_sharding):
         self.config = config
         self.mesh = mesh
         self.traces = 0
         usae = config.usae
-        state_sharding, batch_sharding = replicated(mesh), row_sharded(mesh)
+        batch_sharding = row_sharded(mesh)
+        ops = sharded_ops(mesh)
         if config.source_sampling == "all":
-            bodies = {None: make_all_sources_step(usae, optimizers)}
+            bodies = {None: make_all_sources_step(usae, optimizers, ops)}
         else:
-            bodies = {name: make_source_step(usae, optimizers, name) for name in usae.model_names}
+            bodies = {
+                name: make_source_step(usae, optimizers, name, ops) for name in usae.model_names
+            }
         self._steps = {
             key: jax.jit(
                 self._counted(body),
                 in_shardings=(state_sharding, batch_sharding),
-                out_shardings=(state_sharding, state_sharding),
+                out_shardings=(state_sharding, replicated(mesh)),
                 donate_argnums=(0,),
             )
             for key, body in bodies.items()
@@ -97,6 +101,14 @@ class StepRunner:
         if self._block:
             jax.block_until_ready(state)
         return state, metrics
+
+
+def make_training_mesh(config: config_lib.TrainConfig):
+    """The ``("data", "model")`` mesh of a run (``"model"`` has size ``concept_parallel``)."""
+    data = config.data_parallel
+    if data is None:
+        data = max(1, jax.device_count() // config.concept_parallel)
+    return create_mesh_2d(data, config.concept_parallel)
 
 
 def build_optimizers(config: config_lib.TrainConfig, total_steps: int, steps_per_epoch: int):
@@ -136,20 +148,25 @@ def train(
     os.makedirs(workdir, exist_ok=True)
     total_steps = config.total_steps(source.num_rows)
     steps_per_epoch = max(1, source.num_rows // config.batch_rows)
-    mesh = create_mesh(config.data_parallel)
-    if config.batch_rows % mesh.size:
-        raise ValueError(f"batch_rows={config.batch_rows} is not divisible by {mesh.size} devices")
+    mesh = make_training_mesh(config)
+    data_devices = mesh.shape[DATA]
+    if config.batch_rows % data_devices:
+        raise ValueError(
+            f"batch_rows={config.batch_rows} is not divisible by {data_devices} data devices"
+        )
     optimizers, _ = build_optimizers(config, total_steps, steps_per_epoch)
     config_json = config_lib.to_dict(config)
     with open(os.path.join(workdir, "config.json"), "w") as handle:
         json.dump(config_json, handle, indent=2)
 
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config_json)
-    state = jax.device_put(create_train_state(config, optimizers), replicated(mesh))
+    fresh = create_train_state(config, optimizers)
+    shardings = state_shardings(fresh, mesh, usae.num_concepts)
+    state = jax.device_put(fresh, shardings)
     if checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state)
     start = int(state.step)
-    runner = StepRunner(config, optimizers, mesh)
+    runner = StepRunner(config, optimizers, mesh, shardings)
     writer = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
     end = total_steps if stop_after is None else min(total_steps, stop_after)
 

@@ -9,16 +9,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-
-
-def create_mesh(data_parallel: int | None = None) -> Mesh:
-    """A 1-D mesh with axis ``"data"`` over the first ``data_parallel`` devices (default: all)."""
-    devices = jax.devices()
-    count = len(devices) if data_parallel is None else data_parallel
-    if count > len(devices):
-        raise ValueError(f"data_parallel={count} but only {len(devices)} devices are visible")
-    return jax.make_mesh((count,), ("data",), axis_types=(AxisType.Auto,), devices=devices[:count])
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -27,7 +18,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def row_sharded(mesh: Mesh) -> NamedSharding:
-    """Rows (axis 0) split over ``"data"``; other axes whole."""
+    """Rows (axis 0) split over ``"data"``; other axes whole (replicated over ``"model"``)."""
     return NamedSharding(mesh, PartitionSpec("data"))
 
 

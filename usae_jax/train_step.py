@@ -23,7 +23,13 @@ import optax
 from usae_jax.config import USAEConfig
 from usae_jax.losses import auxiliary_codes, loss_for
 from usae_jax.train_state import TrainState
-from usae_jax.usae.model import Encoded, decode_sparse, encode, normalize_dictionary
+from usae_jax.usae.model import (
+    Encoded,
+    decode_sparse,
+    encode,
+    normalize_dictionary,
+    top_k_codes,
+)
 
 
 class StepMetrics(NamedTuple):
@@ -39,7 +45,21 @@ class StepMetrics(NamedTuple):
     """``[]`` mean number of non-zero codes per row."""
 
 
-def _encode(usae: USAEConfig, model_params, stats, x) -> tuple[Encoded, dict]:
+class SparseOps(NamedTuple):
+    """The two operations that change when the concept axis is split over devices."""
+
+    top_k: Callable = top_k_codes
+    """``(activations [B, n], k) -> (dense [B, n], values [B, k], indices [B, k])``."""
+
+    decode: Callable = decode_sparse
+    """``(values [B, k], indices [B, k], unit_dictionary [n, d]) -> [B, d]``."""
+
+
+UNSHARDED = SparseOps()
+"""TopK and decode of a step whose concept axis is not split."""
+
+
+def _encode(usae: USAEConfig, model_params, stats, x, ops: SparseOps) -> tuple[Encoded, dict]:
     return encode(
         model_params,
         stats,
@@ -48,6 +68,7 @@ def _encode(usae: USAEConfig, model_params, stats, x) -> tuple[Encoded, dict]:
         train=True,
         momentum=usae.batchnorm_momentum,
         eps=usae.batchnorm_eps,
+        top_k_fn=ops.top_k,
     )
 
 
@@ -66,6 +87,7 @@ def cross_losses(
     dead_mask: jax.Array,
     dictionaries: dict[str, jax.Array],
     batch: dict[str, jax.Array],
+    ops: SparseOps = UNSHARDED,
 ) -> jax.Array:
     """Losses ``[M]`` of decoding one encoding into every model's space.
 
@@ -86,13 +108,16 @@ def cross_losses(
     losses = []
     for name in usae.model_names:
         unit = normalize_dictionary(dictionaries[name])
-        x_hat = decode_sparse(encoded.top_values, encoded.top_indices, unit)
+        x_hat = ops.decode(encoded.top_values, encoded.top_indices, unit)
         losses.append(loss_fn(batch[name], x_hat, aux, unit))
     return jnp.stack(losses)
 
 
 def make_source_step(
-    usae: USAEConfig, optimizers: dict[str, optax.GradientTransformation], source: str
+    usae: USAEConfig,
+    optimizers: dict[str, optax.GradientTransformation],
+    source: str,
+    ops: SparseOps = UNSHARDED,
 ) -> Callable[[TrainState, dict], tuple[TrainState, StepMetrics]]:
     """The official step with ``source`` as the encoding model (pure; jit it)."""
 
@@ -102,11 +127,11 @@ def make_source_step(
 
         def loss_fn(source_params):
             encoded, new_stats = _encode(
-                usae, source_params, state.batch_stats[source], batch[source]
+                usae, source_params, state.batch_stats[source], batch[source], ops
             )
             dictionaries = {name: models[name]["dictionary"] for name in usae.model_names}
             dictionaries[source] = source_params["dictionary"]
-            losses = cross_losses(usae, encoded, dead, dictionaries, batch)
+            losses = cross_losses(usae, encoded, dead, dictionaries, batch, ops)
             return jnp.sum(losses), (losses, new_stats, encoded.codes)
 
         grads, (losses, new_stats, codes) = jax.grad(loss_fn, has_aux=True)(models[source])
@@ -131,7 +156,9 @@ def make_source_step(
 
 
 def make_all_sources_step(
-    usae: USAEConfig, optimizers: dict[str, optax.GradientTransformation]
+    usae: USAEConfig,
+    optimizers: dict[str, optax.GradientTransformation],
+    ops: SparseOps = UNSHARDED,
 ) -> Callable[[TrainState, dict], tuple[TrainState, StepMetrics]]:
     """The "all sources per step" departure (pure; jit it)."""
     names = usae.model_names
@@ -142,10 +169,12 @@ def make_all_sources_step(
             total_losses, stats, codes = 0.0, {}, {}
             for source in names:
                 encoded, stats[source] = _encode(
-                    usae, models[source], state.batch_stats[source], batch[source]
+                    usae, models[source], state.batch_stats[source], batch[source], ops
                 )
                 dead = _dead_mask(usae, state.tokens_since_fired[source])
-                total_losses = total_losses + cross_losses(usae, encoded, dead, dictionaries, batch)
+                total_losses = total_losses + cross_losses(
+                    usae, encoded, dead, dictionaries, batch, ops
+                )
                 codes[source] = encoded.codes
             return jnp.sum(total_losses), (total_losses, stats, codes)
 

@@ -90,12 +90,17 @@ def encode(
     train: bool,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    top_k_fn=None,
 ) -> tuple[Encoded, dict]:
-    """Encode ``x`` ``[B, d]`` with one model's encoder; returns ``(Encoded, new stats)``."""
+    """Encode ``x`` ``[B, d]`` with one model's encoder; returns ``(Encoded, new stats)``.
+
+    ``top_k_fn(activations, k) -> (dense, values, indices)`` replaces :func:`top_k_codes`, e.g.
+    by the two-stage selection of :mod:`usae_jax.concept_sharding`.
+    """
     pre_codes, new_stats = pre_activations(
         model_params, stats, x, train=train, momentum=momentum, eps=eps
     )
-    codes, values, indices = top_k_codes(jax.nn.relu(pre_codes), top_k)
+    codes, values, indices = (top_k_fn or top_k_codes)(jax.nn.relu(pre_codes), top_k)
     return Encoded(pre_codes, codes, values, indices), new_stats
 
 
