@@ -190,3 +190,13 @@ def test_train_entry_point_runs_and_writes_outputs(tmp_path):
     assert "R² matrix" in completed.stdout and "recovery" in completed.stdout
     for name in ("r2_matrix.png", "metrics.jsonl", "summary.json", "export/alpha.safetensors"):
         assert (workdir / name).exists(), name
+
+
+def test_bfloat16_compute_tracks_float32(planted, tmp_path):
+    base = _config(data_parallel=1, num_steps=40, log_every=40, checkpoint_every=40)
+    mixed = dataclasses.replace(base, usae=dataclasses.replace(base.usae, compute_dtype="bfloat16"))
+    full = train(base, tmp_path / "f32", planted.source())
+    half = train(mixed, tmp_path / "bf16", planted.source())
+    assert half.state.params["models"]["alpha"]["dictionary"].dtype == np.float32
+    r2_full, r2_half = np.diag(full.final_metrics["r2"]), np.diag(half.final_metrics["r2"])
+    np.testing.assert_allclose(r2_half, r2_full, atol=0.03)

@@ -60,6 +60,10 @@ class USAEConfig:
     batchnorm_eps: float = 1e-5
     """BatchNorm epsilon added to the variance."""
 
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Matrix products on bfloat16 inputs with float32 accumulation ("bfloat16"), or all
+    float32. Parameters, optimiser states, BatchNorm and losses are float32 either way."""
+
     sparsity: SparsityRule = "local_topk"
     """"local_topk" (USAE: each encoder picks its own k) or "global_topk" (SPARC)."""
 
@@ -101,6 +105,12 @@ class USAEConfig:
         _require(self.batchnorm_eps > 0, "batchnorm_eps", self.batchnorm_eps, "must be > 0")
         _require(
             self.sparsity in ("local_topk", "global_topk"), "sparsity", self.sparsity, "unknown"
+        )
+        _require(
+            self.compute_dtype in ("float32", "bfloat16"),
+            "compute_dtype",
+            self.compute_dtype,
+            "float32 or bfloat16",
         )
 
     @property

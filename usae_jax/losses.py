@@ -113,7 +113,9 @@ def reconstruction_loss(
     """
     residual = x - x_hat
     main = jnp.mean(_error(residual, kind))
-    residual_hat = aux_codes @ unit_dictionary
+    residual_hat = jnp.matmul(
+        aux_codes.astype(unit_dictionary.dtype), unit_dictionary, preferred_element_type=jnp.float32
+    )
     if aux_rule == "top_half":
         aux = jnp.mean(_error(residual - residual_hat, kind))
     else:

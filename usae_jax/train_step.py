@@ -69,6 +69,7 @@ def _encode(usae: USAEConfig, model_params, stats, x, ops: SparseOps) -> tuple[E
         momentum=usae.batchnorm_momentum,
         eps=usae.batchnorm_eps,
         top_k_fn=ops.top_k,
+        compute_dtype=jnp.dtype(usae.compute_dtype),
     )
 
 
@@ -106,8 +107,9 @@ def cross_losses(
         dead_k_aux=usae.dead_k_aux,
     )
     losses = []
+    compute_dtype = jnp.dtype(usae.compute_dtype)
     for name in usae.model_names:
-        unit = normalize_dictionary(dictionaries[name])
+        unit = normalize_dictionary(dictionaries[name]).astype(compute_dtype)
         x_hat = ops.decode(encoded.top_values, encoded.top_indices, unit)
         losses.append(loss_fn(batch[name], x_hat, aux, unit))
     return jnp.stack(losses)

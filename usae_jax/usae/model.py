@@ -91,6 +91,7 @@ def encode(
     momentum: float = 0.1,
     eps: float = 1e-5,
     top_k_fn=None,
+    compute_dtype=jnp.float32,
 ) -> tuple[Encoded, dict]:
     """Encode ``x`` ``[B, d]`` with one model's encoder; returns ``(Encoded, new stats)``.
 
@@ -98,7 +99,13 @@ def encode(
     by the two-stage selection of :mod:`usae_jax.concept_sharding`.
     """
     pre_codes, new_stats = pre_activations(
-        model_params, stats, x, train=train, momentum=momentum, eps=eps
+        model_params,
+        stats,
+        x,
+        train=train,
+        momentum=momentum,
+        eps=eps,
+        compute_dtype=compute_dtype,
     )
     codes, values, indices = (top_k_fn or top_k_codes)(jax.nn.relu(pre_codes), top_k)
     return Encoded(pre_codes, codes, values, indices), new_stats
@@ -112,10 +119,23 @@ def pre_activations(
     train: bool,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    compute_dtype=jnp.float32,
 ) -> tuple[jax.Array, dict]:
-    """``BatchNorm(x @ W + b)``: ``[B, d] -> [B, n]``, plus the new BatchNorm statistics."""
+    """``BatchNorm(x @ W + b)``: ``[B, d] -> [B, n]``, plus the new BatchNorm statistics.
+
+    ``compute_dtype=jnp.bfloat16`` runs the product on bfloat16 inputs with float32
+    accumulation; parameters, BatchNorm and everything after stay float32.
+    """
     encoder = model_params["encoder"]
-    h = x @ encoder["kernel"] + encoder["bias"]
+    kernel = encoder["kernel"]
+    h = (
+        jnp.matmul(
+            x.astype(compute_dtype),
+            kernel.astype(compute_dtype),
+            preferred_element_type=jnp.float32,
+        )
+        + encoder["bias"]
+    )
     return batchnorm(model_params["batchnorm"], stats, h, train=train, momentum=momentum, eps=eps)
 
 
@@ -139,7 +159,10 @@ def decode_sparse(values: jax.Array, indices: jax.Array, unit_dictionary: jax.Ar
     ``sum_k values[b, k] * D̂[indices[b, k]]``: ``[B, k], [B, k], [n, d] -> [B, d]``; the same
     math as :func:`decode_dense` on the dense code, at ``2 B k d`` instead of ``2 B n d`` FLOPs.
     """
-    return jnp.einsum("bk,bkd->bd", values, jnp.take(unit_dictionary, indices, axis=0))
+    rows = jnp.take(unit_dictionary, indices, axis=0)
+    return jnp.einsum(
+        "bk,bkd->bd", values.astype(rows.dtype), rows, preferred_element_type=jnp.float32
+    )
 
 
 def decode(encoded: Encoded, dictionary: jax.Array) -> jax.Array:
