@@ -1,0 +1,209 @@
+"""Training-step throughput: usae_jax vs the official algorithm in PyTorch, in one run.
+
+    python benchmarks/step_vs_official.py [--config=paper|small|both] [--steps=3] [--rounds=2]
+
+Both sides train on the same synthetic standardised activations with the same configuration.
+The PyTorch side (benchmarks/official_torch.py, checked against the official numbers) computes
+the way the official code does; ours computes the same math (tests/test_parity.py). Timing
+alternates between the two, ``--rounds`` times ``--steps`` steps each, after a warm-up (our
+compilation is excluded and reported apart). Prints a short table and one JSON line.
+
+FLOPs "required" are those of the math itself: encoder forward and weight gradient, the k-sparse
+decode, the auxiliary top-half product and its code gradient for every target, and the source
+dictionary's gradient. The GEMM rate is measured in the same run (XLA, float32, 4096^3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CONFIGS = {
+    "paper": dict(widths=(768, 384, 768), num_concepts=6144, top_k=32, batch_rows=6272),
+    "small": dict(widths=(256, 128, 256), num_concepts=2048, top_k=16, batch_rows=2048),
+}
+
+
+def gemm_rate(size: int = 4096, repeats: int = 3) -> float:
+    """Measured XLA float32 matrix-product rate in FLOP/s."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((size, size), jnp.float32)
+    product = jax.jit(lambda x, y: x @ y)
+    product(a, a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        product(a, a).block_until_ready()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def required_flops(widths, num_concepts, top_k, batch_rows) -> float:
+    """FLOPs of one official step's math, averaged over the source model."""
+    total_width = sum(widths)
+    per_source = [
+        4 * batch_rows * d_source * num_concepts  # encoder forward + weight gradient
+        + 2 * batch_rows * num_concepts * d_source  # source dictionary gradient (aux product)
+        + 4 * batch_rows * num_concepts * total_width  # aux product forward + code gradient
+        + 6 * batch_rows * top_k * total_width  # sparse decode forward + backward
+        for d_source in widths
+    ]
+    return float(np.mean(per_source))
+
+
+def make_jax_step(spec, seed=0):
+    import jax
+
+    from usae_jax.concept_sharding import create_mesh_2d, state_shardings
+    from usae_jax.config import TrainConfig, USAEConfig
+    from usae_jax.loop import StepRunner, build_optimizers
+    from usae_jax.train_state import create_train_state
+
+    names = tuple(f"m{i}" for i in range(len(spec["widths"])))
+    config = TrainConfig(
+        usae=USAEConfig(
+            model_names=names,
+            widths=spec["widths"],
+            num_concepts=spec["num_concepts"],
+            top_k=spec["top_k"],
+            compute_dtype=spec.get("compute_dtype", "float32"),
+        ),
+        batch_rows=spec["batch_rows"],
+        num_steps=1000,
+        seed=seed,
+        data_parallel=1,
+    )
+    optimizers, _ = build_optimizers(config, 1000, 100)
+    mesh = create_mesh_2d(1, 1)
+    fresh = create_train_state(config, optimizers)
+    shardings = state_shardings(fresh, mesh, config.usae.num_concepts)
+    state = jax.device_put(fresh, shardings)
+    runner = StepRunner(config, optimizers, mesh, shardings)
+    rng = np.random.default_rng(seed)
+    batch = {
+        n: jax.device_put(rng.standard_normal((spec["batch_rows"], w), np.float32))
+        for n, w in zip(names, spec["widths"], strict=True)
+    }
+    holder = {"state": state, "step": 0}
+
+    def step():
+        holder["state"], metrics = runner(holder["state"], batch, holder["step"])
+        holder["step"] += 1
+        jax.block_until_ready(metrics.loss)
+
+    start = time.perf_counter()
+    for _ in range(len(names) * 2):  # compile every source model's step
+        step()
+    return step, time.perf_counter() - start
+
+
+def make_torch_step(spec, seed=0):
+    import torch
+
+    from benchmarks.official_torch import OfficialUSAE
+
+    usae = OfficialUSAE(
+        spec["widths"],
+        spec["num_concepts"],
+        spec["top_k"],
+        total_iters=1000,
+        warmup_iters=100,
+        seed=seed,
+    )
+    rng = np.random.default_rng(seed)
+    batch = [
+        torch.from_numpy(rng.standard_normal((spec["batch_rows"], w), np.float32))
+        for w in spec["widths"]
+    ]
+    picks = np.random.default_rng(seed + 1)
+
+    def step():
+        usae.step(int(picks.integers(len(spec["widths"]))), batch)
+
+    step()
+    return step
+
+
+def measure(name, spec, steps, rounds, gemm):
+
+    torch_step = make_torch_step(spec)
+    jax_step, compile_seconds = make_jax_step(spec)
+    times = {"torch": [], "jax": []}
+    for _ in range(rounds):
+        for label, fn in (("torch", torch_step), ("jax", jax_step)):
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[label].append((time.perf_counter() - start) / steps)
+    torch_s, jax_s = float(np.median(times["torch"])), float(np.median(times["jax"]))
+    flops = required_flops(
+        **{k: spec[k] for k in ("widths", "num_concepts", "top_k", "batch_rows")}
+    )
+    return {
+        "config": name,
+        **{k: v for k, v in spec.items()},
+        "torch_seconds_per_step": round(torch_s, 4),
+        "jax_seconds_per_step": round(jax_s, 4),
+        "torch_rows_per_s": round(spec["batch_rows"] / torch_s, 1),
+        "jax_rows_per_s": round(spec["batch_rows"] / jax_s, 1),
+        "speedup": round(torch_s / jax_s, 2),
+        "required_gflop_per_step": round(flops / 1e9, 2),
+        "jax_achieved_gflops": round(flops / jax_s / 1e9, 1),
+        "jax_fraction_of_gemm_rate": round(flops / jax_s / gemm, 3),
+        "jax_compile_seconds": round(compile_seconds, 1),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="both", choices=["paper", "small", "both"])
+    parser.add_argument("--steps", type=int, default=3, help="steps per timed round and side")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per side")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--bf16", action="store_true", help="also time our bfloat16 option")
+    args = parser.parse_args()
+    import jax
+    import torch
+
+    torch.set_num_threads(args.threads)
+    gemm = gemm_rate()
+    names = ["small", "paper"] if args.config == "both" else [args.config]
+    results = []
+    for name in names:
+        results.append(measure(name, CONFIGS[name], args.steps, args.rounds, gemm))
+        if args.bf16:
+            spec = {**CONFIGS[name], "compute_dtype": "bfloat16"}
+            results.append(measure(f"{name}+bf16", spec, args.steps, args.rounds, gemm))
+    print(
+        f"{'config':<12}{'torch rows/s':>14}{'jax rows/s':>12}{'speedup':>9}"
+        f"{'GFLOP/step':>12}{'of GEMM':>9}"
+    )
+    for r in results:
+        print(
+            f"{r['config']:<12}{r['torch_rows_per_s']:>14.0f}{r['jax_rows_per_s']:>12.0f}"
+            f"{r['speedup']:>8.2f}x{r['required_gflop_per_step']:>12.1f}"
+            f"{r['jax_fraction_of_gemm_rate']:>9.1%}"
+        )
+    machine = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "device": str(jax.devices()[0]),
+        "gemm_gflops": round(gemm / 1e9, 1),
+        "torch_threads": args.threads,
+    }
+    print(json.dumps({"machine": machine, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
