@@ -24,11 +24,11 @@ from usae_jax.data.source import PairedSource, check_matches
 from usae_jax.distributed import ProcessShare
 from usae_jax.metrics import dead_fraction, evaluate
 from usae_jax.optim import make_optimizer, schedule_for
-from usae_jax.plots import plot_r2_matrix
+from usae_jax.plots import plot_r2_matrix, plot_training_curves
 from usae_jax.sharding import must_block_each_step, replicated, row_sharded, shard_rows
 from usae_jax.train_state import TrainState, create_train_state
 from usae_jax.train_step import draw_source, make_all_sources_step, make_source_step
-from usae_jax.writers import JsonlWriter
+from usae_jax.writers import JsonlWriter, read_jsonl
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -238,6 +238,9 @@ def final_report(config, workdir, source: PairedSource, state: TrainState) -> di
         "eval_rows": rows,
     }
     if jax.process_index() == 0:
+        records = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
+        if records:
+            plot_training_curves(records, usae.model_names, os.path.join(workdir, "losses.png"))
         plot_r2_matrix(
             result["r2"],
             usae.model_names,
