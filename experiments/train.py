@@ -75,9 +75,8 @@ def main(argv):
     print(f"training {source.names} on {source.num_rows} rows into {FLAGS.workdir}")
     _, summary = train_and_report(config, FLAGS.workdir, source, planted)
     print(format_summary(config.usae.model_names, summary))
-    print(
-        f"outputs in {FLAGS.workdir}: r2_matrix.png, losses.png, metrics.jsonl, summary.json, export/"
-    )
+    outputs = "r2_matrix.png, losses.png, metrics.jsonl, summary.json, export/"
+    print(f"outputs in {FLAGS.workdir}: {outputs}")
 
 
 if __name__ == "__main__":
