@@ -116,8 +116,10 @@ def test_resumed_run_equals_uninterrupted(planted, tmp_path):
     resumed = train(config, tmp_path / "split", planted.source())
     assert _leaves_equal(jax.device_get(whole.state), jax.device_get(resumed.state))
     records = read_jsonl(tmp_path / "split" / "metrics.jsonl")
-    steps = [record["step"] for record in records if "final" not in record]
+    steps = [record["step"] for record in records if "loss" in record]
     assert steps == [2, 4, 6, 8], steps  # the interrupted run's lines from step 3 on are redone
+    assert [r["step"] for r in records if "r2" in r] == [4]  # R² at each checkpoint
+    assert len(records[-1]["final"]["r2"]) == 3
 
 
 def test_all_sources_option_updates_every_model(planted, tmp_path):

@@ -210,6 +210,10 @@ def train(
             if done % config.checkpoint_every == 0 or done == end:
                 _check_finite(float(jax.device_get(metrics.loss)), last_checked, done)
                 checkpointer.save(done, state)
+                if done < total_steps:  # the final R² is in the final record
+                    host = jax.device_get((state.params, state.batch_stats))
+                    r2 = evaluate(usae, *host, eval_batch(config, source))["r2"]
+                    writer.write(done, {"r2": r2})
     finally:
         batches.close()
         bar.close()
@@ -221,11 +225,16 @@ def train(
     return TrainResult(state, final, time.perf_counter() - started, runner.traces)
 
 
+def eval_batch(config, source: PairedSource) -> dict:
+    """The rows R² is measured on: ``eval_rows`` rows drawn with seed ``config.seed + 1``."""
+    return source.batch(0, min(config.eval_rows, source.num_rows), config.seed + 1)
+
+
 def final_report(config, workdir, source: PairedSource, state: TrainState) -> dict:
     """R² matrices (both centrings), L0 and dead fractions; writes ``r2_matrix.png``."""
     usae = config.usae
-    rows = min(config.eval_rows, source.num_rows)
-    batch = source.batch(0, rows, config.seed + 1)
+    batch = eval_batch(config, source)
+    rows = len(next(iter(batch.values())))
     host = jax.device_get((state.params, state.batch_stats, state.tokens_since_fired))
     params, stats, tokens = host
     result = evaluate(usae, params, stats, batch)
