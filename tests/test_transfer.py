@@ -132,3 +132,9 @@ def test_block_runner_continues_the_forward_pass(tmp_path, family):
     hidden = backbone.apply(backbone.params, pixels, ("1", "3"))
     run = transfer.make_block_runner(family, config, backbone.params)
     np.testing.assert_allclose(run(hidden["1"], 1, 3), hidden["3"], atol=1e-4)
+    carried = transfer.carry_edit(backbone, run, hidden["1"], 1, (1, 3), np.ones(16))
+    np.testing.assert_allclose(carried[3][0], hidden["3"], atol=1e-4)
+    added = carried[1][1] - carried[1][0]
+    assert np.allclose(added[:, backbone.num_prefix :], 1.0) and np.allclose(added[:, :1], 0.0)
+    rows = transfer.standardised_rows(backbone, hidden["3"], (3, 3), mean=0.5, std=2.0)
+    assert rows.shape == (2 * 9, 16)

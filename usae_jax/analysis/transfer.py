@@ -207,3 +207,25 @@ def make_block_runner(model_type: str, hf_config, backbone_params: dict):
         return hidden
 
     return jax.jit(run, static_argnums=(1, 2))
+
+
+def carry_edit(backbone, run_blocks, hidden, start: int, stops, delta) -> dict:
+    """Add ``delta`` (raw units, broadcastable to ``[B, tokens, d]``) to the patch tokens of
+    ``hidden`` ``[B, prefix + tokens, d]`` (layer ``start``, all tokens) and run the remaining
+    blocks: ``{stop: (before, after)}``, each ``[B, prefix + tokens, d]`` at layer ``stop``
+    (``hidden_states[stop]``). ``run_blocks`` comes from :func:`make_block_runner`."""
+    edited = hidden.at[:, backbone.num_prefix :].add(jnp.asarray(delta, hidden.dtype))
+    return {
+        stop: (run_blocks(hidden, start, stop), run_blocks(edited, start, stop)) for stop in stops
+    }
+
+
+def standardised_rows(backbone, tokens, grid, mean: float, std: float) -> np.ndarray:
+    """All tokens ``[B, prefix + h * w, d]`` of one layer -> the rows the store holds for them:
+    patch tokens resampled to ``grid`` as extraction does, standardised: ``[B * gh * gw, d]``."""
+    from usae_jax.data.extract import resample_grid
+
+    h, w = backbone.grid
+    patches = tokens[:, backbone.num_prefix :].reshape(tokens.shape[0], h, w, tokens.shape[-1])
+    rows = resample_grid(patches.astype(jnp.float32), grid).reshape(-1, tokens.shape[-1])
+    return np.asarray((rows - mean) / std)
