@@ -14,7 +14,7 @@ import time
 
 from absl import app, flags
 
-from usae_jax.analysis import cam, trained
+from usae_jax.analysis import cam, cam_output, trained
 from usae_jax.backbones.registry import load_backbone
 from usae_jax.data.loader import StoreSource
 from usae_jax.data.store import Store
@@ -66,8 +66,8 @@ def main(argv):
         result = cam.run_cam(cam_config, models, usae, params, stats, context["grid"], concepts)
         out = FLAGS.out + ("_shared" if shared else "")
         title = f"CAM, USAE step {step}, {cam_config.steps} steps" + (", shared" if shared else "")
-        cam.save_cam_png(result, out + ".png", title=title)
-        report = cam.cam_report(result, cam_config) | {"usae_step": step}
+        cam_output.save_cam_png(result, out + ".png", title=title)
+        report = cam_output.cam_report(result, cam_config) | {"usae_step": step}
         with open(out + ".json", "w") as handle:
             json.dump(report, handle, indent=2)
         print(f"{out}.png: {len(concepts)} concepts in {time.perf_counter() - tic:.0f} s")

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 PIL = pytest.importorskip("PIL.Image")
 import transformers as tf  # noqa: E402
 
-from usae_jax.analysis import cam  # noqa: E402
+from usae_jax.analysis import cam, cam_output  # noqa: E402
 from usae_jax.backbones.registry import load_backbone  # noqa: E402
 from usae_jax.config import USAEConfig  # noqa: E402
 from usae_jax.usae.params import init_params  # noqa: E402
@@ -83,10 +83,10 @@ def test_cam_raises_planted_concepts_in_every_model(setup, tmp_path, shared):
     else:
         # Measured at seed 0: gains 0.06 .. 0.15 after 12 steps; every one must be positive.
         assert np.all(gain > 0.03), gain
-    path = cam.save_cam_png(result, str(tmp_path / "cam.png"))
+    path = cam_output.save_cam_png(result, str(tmp_path / "cam.png"))
     with PIL.open(path) as image:
         assert image.size[0] > 100 and image.size[1] > 100
-    report = cam.cam_report(result, config)
+    report = cam_output.cam_report(result, config)
     json.dumps(report)
     assert report["concepts"][0]["dino_l2"]["final_pre"] == pytest.approx(result.final[0, 2])
 
