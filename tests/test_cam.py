@@ -112,3 +112,53 @@ def test_reader_matches_library_encoding(setup):
     want = enc.pre_codes.reshape(2, 9, -1).mean(axis=1)[jnp.arange(2), concepts]
     # uint8 rounding + preprocess resize (28 px from 32 px) differ slightly from the float path.
     np.testing.assert_allclose(np.asarray(pre[:, 2]), np.asarray(want), atol=0.05)
+
+
+def test_experiment_cam_end_to_end(setup, tmp_path):
+    """extract -> train (2 steps) -> ``python -m experiments.cam`` writes both PNGs and JSONs."""
+    import os
+    import subprocess
+    import sys
+
+    from usae_jax.config import TrainConfig
+    from usae_jax.data import extract as ex
+    from usae_jax.data import images
+    from usae_jax.data.loader import StoreSource
+    from usae_jax.loop import train
+
+    models, _, _, _, base = setup
+    backbones = {"vit": models[0].backbone, "dino": models[1].backbone}
+    choices = (
+        ex.ModelChoice(name="vit", backbone="vit", layer="final"),
+        ex.ModelChoice(name="dino_l2", backbone="dino", layer="2"),
+    )
+    config = ex.ExtractConfig(models=choices, grid=(3, 3), batch_images=8, chunk_images=8)
+    store = ex.extract(
+        config, backbones, images.from_samples(32, views=1), tmp_path / "store", progress=False
+    )
+    usae = USAEConfig(model_names=store.names, widths=store.widths, num_concepts=8, top_k=2)
+    run = TrainConfig(usae=usae, batch_rows=32, num_steps=2, eval_rows=64, progress_bar=False)
+    train(run, tmp_path / "run", StoreSource(store))
+    out = tmp_path / "cam"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.cam",
+        f"--workdir={tmp_path / 'run'}",
+        f"--store={tmp_path / 'store'}",
+        f"--backbone=vit=hf:{base / 'vit'}",
+        f"--backbone=dino=hf:{base / 'dino'}",
+        "--top_energy=2",
+        "--energy_rows=64",
+        "--steps=2",
+        "--image_size=32",
+        "--shared_image",
+        f"--out={out}",
+    ]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for suffix in ("", "_shared"):
+        report = json.loads((tmp_path / f"cam{suffix}.json").read_text())
+        assert len(report["concepts"]) == 2 and report["models"] == ["vit", "dino_l2"]
+        assert (tmp_path / f"cam{suffix}.png").stat().st_size > 1000
