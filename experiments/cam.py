@@ -6,7 +6,8 @@ Example (the USAE over DINOv2-S/14 layers 6/9/12, its 4 most energetic concepts)
       --top_energy=4 --out=docs/cam_dinov2_layers
 Writes OUT.png (one row per concept, one column per model), OUT.json (activations reached),
 OUT.npz (the images, float16 [C, P, S, S, 3]) and with --shared_image also OUT_shared.*.
-Runtime: see docs/cam_results.md (about 0.4 s per image and step for DINOv2-S at 224 px on CPU).
+Runtime (2 shared CPU cores, 128 steps, 224 px): about 210 s per concept with one image per
+model, 70 s with --shared_image alone (docs/cam_results.md, benchmarks/cam_time.py).
 """
 
 import json
