@@ -63,7 +63,7 @@ class StatisticsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ConceptStatistics:
-    """Raw accumulated statistics; derived measures live in :mod:`usae_jax.analysis.universality`."""
+    """Raw accumulated statistics (derived measures: :mod:`usae_jax.analysis.universality`)."""
 
     model_names: tuple[str, ...]
     """The ``M`` models, in the USAE config's order."""
