@@ -25,9 +25,9 @@ flags.DEFINE_integer("max_rows", None, "Analyse only the first rows of the data 
 flags.DEFINE_float("tau", 0.1, "Firing threshold: a concept fires when its code exceeds tau.")
 flags.DEFINE_integer("batch_rows", 4096, "Rows per jitted statistics batch.")
 flags.DEFINE_bool("baseline", True, "Train independent SAEs (M = 1) and match them (Hungarian).")
-flags.DEFINE_integer("baseline_steps", 1000, "Training steps of each independent SAE.")
+flags.DEFINE_integer("baseline_steps", 500, "Training steps of each independent SAE.")
 flags.DEFINE_bool("controls", True, "Train the real/shuffled/noise control USAEs.")
-flags.DEFINE_integer("control_steps", 1000, "Training steps of each control USAE.")
+flags.DEFINE_integer("control_steps", 300, "Training steps of each control USAE.")
 flags.DEFINE_string(
     "control_model", None, "Model permuted/replaced in the controls (default last)."
 )
@@ -78,7 +78,8 @@ def main(argv):
     )
     results = analyze(FLAGS.workdir, arrays, analysis, planted, tokens, FLAGS.out)
     print(
-        f"firing-entropy AUROC: {results.get('planted', {}).get('auroc')}; "
+        "firing-entropy AUROC (planted shared vs specific): "
+        f"{results.get('planted', {}).get('entropy_auroc_shared_vs_specific')}; "
         f"universality-vs-importance r: {results['universality_vs_importance']['pearson_r']:.3f}"
     )
     print(

@@ -27,7 +27,7 @@ from usae_jax.usae.model import normalize_dictionary
 class BaselineConfig:
     """Settings of the independent-SAE comparison."""
 
-    num_steps: int = 1500
+    num_steps: int = 500
     """Training steps of each independent SAE. Fewer than a full run by default so the whole
     analysis stays short; the report states the number."""
 
@@ -140,6 +140,7 @@ def compare_with_independent(
     fire_counts: np.ndarray,
     entropy: np.ndarray,
     config: BaselineConfig = BaselineConfig(),
+    groups: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Which USAE concepts the independent SAEs also find.
 
@@ -149,6 +150,9 @@ def compare_with_independent(
       fire_counts: ``[M, n]`` USAE firing counts per model (names in ``usae_dictionaries``'
         order).
       entropy: ``[n]`` USAE firing entropy.
+      groups: optional ``{group: [M, n] bool}``; the report adds, per group and model, the
+        fraction of that model's concepts in the group that are matched (e.g. the USAE rows that
+        match a planted model-specific direction).
 
     Returns:
       A JSON-ready dict per model: the fraction of its firing USAE concepts matched (and the
@@ -187,4 +191,8 @@ def compare_with_independent(
             "unique_concepts": _indices(unique),
             "unique_missed": _indices(unique & ~matching.matched),
         }
+        for group, mask in (groups or {}).items():
+            report.setdefault(f"{group}_matched_fraction", {})[name] = fraction(
+                np.asarray(mask[m], bool), matching.matched
+            )
     return report

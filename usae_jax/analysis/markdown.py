@@ -78,11 +78,18 @@ def render_report(r: dict) -> str:
         lines += [
             "",
             "## Planted ground truth",
-            "Each USAE concept takes the kind of the planted direction it matches best (cosine "
-            "over every model's rows, >= 0.5; never-firing concepts left out): "
-            f"{p['num_shared']} shared, {p['num_specific']} model-specific.",
-            f"- AUROC of firing entropy, shared vs model-specific: **{p['auroc']:.3f}** (mean "
-            f"entropy {p['mean_entropy_shared']:.3f} vs {p['mean_entropy_specific']:.3f})",
+            "Each USAE concept's row in each model is matched to that model's best planted "
+            "direction (cosine >= 0.5); *shared*: every model matches the same shared concept; "
+            "*specific*: one model matches one of its private concepts, the others nothing; "
+            "*packed*: several models match their own private concepts on one concept index. "
+            f"Firing concepts: {p['num_shared']} shared, {p['num_specific']} specific, "
+            f"{p['num_packed']} packed (mean firing entropy {p['mean_entropy_shared']:.3f}, "
+            f"{p['mean_entropy_specific']:.3f}, {p['mean_entropy_packed']:.3f}).",
+            "- AUROC of firing entropy, shared vs specific: "
+            f"**{p['entropy_auroc_shared_vs_specific']:.3f}**; shared vs specific + packed: "
+            f"{p['entropy_auroc_shared_vs_specific_and_packed']:.3f}",
+            "- AUROC of the minimum co-fire proportion over models, shared vs specific + packed: "
+            f"**{p['cofire_auroc_shared_vs_specific_and_packed']:.3f}**",
             f"- USAE recovery of the model-specific directions (mean max cosine): "
             f"{_per_model(p['usae_specific_recovery'])}",
         ]
@@ -112,7 +119,12 @@ def render_report(r: dict) -> str:
                 f"- {name}: universal missed {b[name]['universal_missed'][:20]}; unique concepts "
                 f"{b[name]['unique_concepts'][:20]}"
             )
-        if "planted_specific_recovery" in b:
+        if "planted_specific_matched_fraction" in b:
+            lines.append(
+                "- Planted model-specific concepts whose best USAE row is matched (Hungarian, "
+                "cos > 0.5) by that model's independent SAE: "
+                f"{_per_model(b['planted_specific_matched_fraction'], '{:.1%}')}"
+            )
             lines.append(
                 "- Independent SAEs' recovery of the planted model-specific directions (mean max "
                 f"cosine): {_per_model(b['planted_specific_recovery'])}"

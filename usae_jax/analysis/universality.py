@@ -124,60 +124,84 @@ def label_planted_concepts(
     specific_directions: dict[str, np.ndarray],
     min_cosine: float = 0.5,
 ) -> dict:
-    """Map every USAE concept to its best-matching planted concept, by cosine per model.
+    """Map every USAE concept to planted concepts by best cosine, separately for each model.
 
-    For concept c and model m, the candidates are model m's planted shared and model-specific
-    unit directions; c takes the kind ("shared" or "specific") of the candidate with the highest
-    cosine over all models, or "none" when that cosine is below ``min_cosine``.
+    For concept c and model m, c's row of model m's dictionary is matched to the planted
+    direction of model m (shared or model-specific) with the highest cosine, if that cosine is
+    at least ``min_cosine``. The concept's label then is:
+
+    - "shared": every model's row matches the same planted shared concept;
+    - "specific": exactly one model's row matches one of that model's specific concepts and no
+      other row matches anything;
+    - "packed": two or more models' rows match their own specific concepts (unrelated events
+      that share one concept index: they fire for several models but do not co-fire);
+    - "none": anything else (no match, or a partial/mixed match).
 
     Returns:
-      ``{"labels": [n] str array, "best_cosine": [n], "planted_index": [n] index of the
-      matched planted concept within its kind, "model": [n] index of the model where it
-      matched}``.
+      ``{"labels": [n] str, "matches": [M, n] str such as "shared:12", "specific:3" or ""}``.
     """
-    best = None
-    for m, name in enumerate(model_names):
+    rows = []
+    for name in model_names:
         atoms = _unit(np.asarray(normalize_dictionary(params["models"][name]["dictionary"])))
-        for kind, directions in (("shared", shared_directions), ("specific", specific_directions)):
-            if directions[name].shape[0] == 0:
+        candidates = [("shared", shared_directions[name]), ("specific", specific_directions[name])]
+        best_cos = np.full(atoms.shape[0], -np.inf)
+        best = np.full(atoms.shape[0], "", dtype=object)
+        for kind, directions in candidates:
+            if len(directions) == 0:
                 continue
-            cosines = atoms @ _unit(directions[name]).T  # [n, planted]
+            cosines = atoms @ _unit(directions).T
             value, index = cosines.max(axis=1), cosines.argmax(axis=1)
-            if best is None:
-                best = {
-                    "best_cosine": value,
-                    "labels": np.full(value.shape, kind, dtype=object),
-                    "planted_index": index,
-                    "model": np.full(value.shape, m),
-                }
-                continue
-            better = value > best["best_cosine"]
-            best["best_cosine"] = np.where(better, value, best["best_cosine"])
-            best["labels"] = np.where(better, kind, best["labels"])
-            best["planted_index"] = np.where(better, index, best["planted_index"])
-            best["model"] = np.where(better, m, best["model"])
-    best["labels"] = np.where(best["best_cosine"] >= min_cosine, best["labels"], "none")
-    best["labels"] = best["labels"].astype(str)
-    return best
+            better = value > best_cos
+            best_cos = np.where(better, value, best_cos)
+            best = np.where(better, [f"{kind}:{i}" for i in index], best)
+        rows.append(np.where(best_cos >= min_cosine, best, ""))
+    matches = np.stack(rows).astype(str)  # [M, n]
+    labels = np.full(matches.shape[1], "none", dtype=object)
+    for c in range(matches.shape[1]):
+        column = matches[:, c]
+        kinds = [entry.split(":")[0] for entry in column if entry]
+        if len(kinds) == len(column) and len(set(column)) == 1 and kinds[0] == "shared":
+            labels[c] = "shared"
+        elif kinds and set(kinds) == {"specific"}:
+            labels[c] = "specific" if len(kinds) == 1 else "packed"
+    return {"labels": labels.astype(str), "matches": matches}
 
 
-def planted_entropy_auroc(entropy: np.ndarray, labels: np.ndarray, fired: np.ndarray) -> dict:
-    """How well firing entropy separates planted-shared from planted-specific USAE concepts.
+def planted_separation(
+    entropy: np.ndarray,
+    min_cofire_proportion: np.ndarray,
+    labels: np.ndarray,
+    fired: np.ndarray,
+) -> dict:
+    """How well firing entropy (and co-firing) separate planted-shared from -specific concepts.
 
     Args:
       entropy: ``[n]`` firing entropy.
-      labels: ``[n]`` "shared" / "specific" / "none" from :func:`label_planted_concepts`.
+      min_cofire_proportion: ``[n]`` the smallest CFP over models (0 where a model never fires).
+      labels: ``[n]`` from :func:`label_planted_concepts`.
       fired: ``[n]`` bool, concepts that fired at least once (never-firing concepts carry no
         evidence and are left out).
+
+    Returns:
+      Counts per label, the AUROC of firing entropy for shared vs "specific" (one model), for
+      shared vs "specific" + "packed", and the AUROC of the minimum co-fire proportion for
+      shared vs "specific" + "packed"; mean entropies per label.
     """
     shared = (labels == "shared") & fired
     specific = (labels == "specific") & fired
+    packed = (labels == "packed") & fired
+    either = specific | packed
+    mean = lambda mask: float(entropy[mask].mean()) if mask.any() else float("nan")
     return {
-        "auroc": auroc(entropy[shared], entropy[specific]),
         "num_shared": int(shared.sum()),
         "num_specific": int(specific.sum()),
-        "mean_entropy_shared": float(entropy[shared].mean()) if shared.any() else float("nan"),
-        "mean_entropy_specific": (
-            float(entropy[specific].mean()) if specific.any() else float("nan")
+        "num_packed": int(packed.sum()),
+        "entropy_auroc_shared_vs_specific": auroc(entropy[shared], entropy[specific]),
+        "entropy_auroc_shared_vs_specific_and_packed": auroc(entropy[shared], entropy[either]),
+        "cofire_auroc_shared_vs_specific_and_packed": auroc(
+            min_cofire_proportion[shared], min_cofire_proportion[either]
         ),
+        "mean_entropy_shared": mean(shared),
+        "mean_entropy_specific": mean(specific),
+        "mean_entropy_packed": mean(packed),
     }
