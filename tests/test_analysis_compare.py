@@ -5,6 +5,7 @@ import pytest
 
 from tests.test_analysis_statistics import identity_usae
 from usae_jax.analysis import compare, controls, examples, figures
+from usae_jax.analysis import universality as uni
 from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics
 from usae_jax.data.source import ArraySource
 
@@ -88,3 +89,23 @@ def test_top_image_heatmaps_on_tiny_synthetic_images(tmp_path):
     path = figures.plot_concept_images(panels, (2, 2), 0, tmp_path / "c.png", crop_patches=1)
     assert (tmp_path / "c.png").stat().st_size > 5000, path
     assert examples.crop_window((8, 8), (2, 2), peak=3, patches=1) == (slice(4, 8), slice(4, 8))
+
+
+def test_planted_labels_per_model_and_specific_found_fraction():
+    e = np.eye(3, dtype=np.float32)
+    models = {
+        "a": {"dictionary": np.stack([e[0], e[1], e[1], e[2]])},
+        "b": {"dictionary": np.stack([e[0], e[1], e[2], e[0]])},
+    }
+    labels = uni.label_planted_concepts(
+        {"models": models},
+        ("a", "b"),
+        shared_directions={"a": e[:1], "b": e[:1]},
+        specific_directions={"a": e[1:2], "b": e[2:3]},
+    )
+    assert labels["labels"].tolist() == ["shared", "specific", "packed", "none"]
+    assert labels["matches"][:, 2].tolist() == ["specific:0", "specific:0"]
+    # Model a's specific concept 0 sits on rows 1 and 2; a match on either row finds it.
+    found = compare._planted_specific_found(labels["matches"][0], np.array([1, 0, 1, 0], bool))
+    assert found == 1.0
+    assert compare._planted_specific_found(labels["matches"][0], np.zeros(4, bool)) == 0.0

@@ -57,7 +57,7 @@ def test_analysis_of_a_planted_run(trained_run):
     assert p["cofire_auroc_shared_vs_specific_and_packed"] >= 0.9, p
     baseline = results["independent_saes"]
     for name in PLANTED.model_names:
-        assert baseline["planted_specific_matched_fraction"][name] >= 0.5, baseline
+        assert baseline[name]["planted_specific_found_fraction"] >= 0.8, baseline[name]
         # In 16-32 dimensions random atoms often reach cos > 0.5 by chance (about half the
         # concepts of the 16-wide model); the trained SAEs still match more.
         chance = baseline[name]["random_atoms_matched_fraction"]

@@ -130,6 +130,15 @@ def train_independent_saes(
     return dictionaries
 
 
+def _planted_specific_found(row_matches: np.ndarray, matched: np.ndarray) -> float:
+    """Fraction of the planted specific concepts in ``row_matches`` ``[n]`` (strings such as
+    "specific:3") with at least one of their USAE rows in ``matched`` ``[n]``."""
+    planted = sorted({m for m in row_matches.tolist() if m.startswith("specific:")})
+    if not planted:
+        return float("nan")
+    return float(np.mean([matched[row_matches == p].any() for p in planted]))
+
+
 def _indices(mask: np.ndarray, limit: int = 50) -> list[int]:
     return np.flatnonzero(mask)[:limit].tolist()
 
@@ -140,7 +149,7 @@ def compare_with_independent(
     fire_counts: np.ndarray,
     entropy: np.ndarray,
     config: BaselineConfig = BaselineConfig(),
-    groups: dict[str, np.ndarray] | None = None,
+    planted_matches: np.ndarray | None = None,
 ) -> dict:
     """Which USAE concepts the independent SAEs also find.
 
@@ -150,9 +159,10 @@ def compare_with_independent(
       fire_counts: ``[M, n]`` USAE firing counts per model (names in ``usae_dictionaries``'
         order).
       entropy: ``[n]`` USAE firing entropy.
-      groups: optional ``{group: [M, n] bool}``; the report adds, per group and model, the
-        fraction of that model's concepts in the group that are matched (e.g. the USAE rows that
-        match a planted model-specific direction).
+      planted_matches: optional ``[M, n]`` str, each USAE row's planted match from
+        :func:`usae_jax.analysis.universality.label_planted_concepts` ("specific:3", ...); adds,
+        per model, the fraction of the planted model-specific concepts (among those some USAE
+        row matches) for which at least one such row is matched by the independent SAE.
 
     Returns:
       A JSON-ready dict per model: the fraction of its firing USAE concepts matched (and the
@@ -191,8 +201,8 @@ def compare_with_independent(
             "unique_concepts": _indices(unique),
             "unique_missed": _indices(unique & ~matching.matched),
         }
-        for group, mask in (groups or {}).items():
-            report.setdefault(f"{group}_matched_fraction", {})[name] = fraction(
-                np.asarray(mask[m], bool), matching.matched
+        if planted_matches is not None:
+            report[name]["planted_specific_found_fraction"] = _planted_specific_found(
+                np.asarray(planted_matches)[m], matching.matched
             )
     return report

@@ -119,11 +119,12 @@ def render_report(r: dict) -> str:
                 f"- {name}: universal missed {b[name]['universal_missed'][:20]}; unique concepts "
                 f"{b[name]['unique_concepts'][:20]}"
             )
-        if "planted_specific_matched_fraction" in b:
+        if "planted_specific_found_fraction" in b[names[0]]:
+            found = {n: b[n]["planted_specific_found_fraction"] for n in names}
             lines.append(
-                "- Planted model-specific concepts whose best USAE row is matched (Hungarian, "
-                "cos > 0.5) by that model's independent SAE: "
-                f"{_per_model(b['planted_specific_matched_fraction'], '{:.1%}')}"
+                "- Planted model-specific concepts (found by the USAE) for which one of their "
+                "USAE rows is matched (Hungarian, cos > 0.5) by that model's independent SAE: "
+                f"{_per_model(found, '{:.1%}')}"
             )
             lines.append(
                 "- Independent SAEs' recovery of the planted model-specific directions (mean max "

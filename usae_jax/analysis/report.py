@@ -89,8 +89,7 @@ def load_run(workdir: str | os.PathLike, num_rows: int) -> tuple[TrainConfig, di
 
 
 def _planted_section(params, names, statistics, entropy, planted: PlantedData):
-    """``(JSON section, [M, n] bool)``: the mask marks, per model, the USAE concept whose row
-    best matches each planted model-specific direction (cosine >= 0.5)."""
+    """``(JSON section, [M, n] str planted match of each USAE row)``."""
     labels = uni.label_planted_concepts(
         params, names, planted.shared_directions, planted.specific_directions
     )
@@ -98,20 +97,12 @@ def _planted_section(params, names, statistics, entropy, planted: PlantedData):
     proportions = uni.cofire_proportion(statistics.cofire_counts, statistics.fire_counts)
     min_cfp = np.nan_to_num(proportions, nan=0.0).min(axis=0)
     section = uni.planted_separation(entropy, min_cfp, labels["labels"], fired)
-    best_rows = np.zeros(statistics.fire_counts.shape, bool)
-    for m, name in enumerate(names):
-        atoms = np.asarray(normalize_dictionary(params["models"][name]["dictionary"]))
-        directions = planted.specific_directions[name]
-        if len(directions):
-            cosines = directions @ atoms.T  # [specific, n], both unit rows
-            found = cosines.max(axis=1) >= 0.5
-            best_rows[m, cosines.argmax(axis=1)[found]] = True
     section["usae_specific_recovery"] = {
         name: mean_max_cosine(np.asarray(params["models"][name]["dictionary"]), directions)
         for name, directions in planted.specific_directions.items()
         if len(directions)
     }
-    return section, best_rows
+    return section, labels["matches"]
 
 
 def _examples(config, params, stats, source, statistics, ranked, tokens, out_dir, analysis):
@@ -204,9 +195,9 @@ def analyze(
         config, params, stats, source, statistics, ranked, tokens, out, analysis
     )
     pngs += example_pngs
-    specific_rows = None
+    planted_matches = None
     if planted is not None:
-        results["planted"], specific_rows = _planted_section(
+        results["planted"], planted_matches = _planted_section(
             params, names, statistics, entropy, planted
         )
     results["seconds_core"] = round(time.perf_counter() - started, 1)
@@ -218,9 +209,8 @@ def analyze(
         usae_atoms = {
             n: np.asarray(normalize_dictionary(params["models"][n]["dictionary"])) for n in names
         }
-        groups = None if specific_rows is None else {"planted_specific": specific_rows}
         baseline = compare_with_independent(
-            usae_atoms, saes, statistics.fire_counts, entropy, analysis.baseline, groups
+            usae_atoms, saes, statistics.fire_counts, entropy, analysis.baseline, planted_matches
         )
         baseline["num_steps"] = analysis.baseline.num_steps
         if planted is not None:
