@@ -118,7 +118,7 @@ def plot_concept_images(
             ax = axes[r, c]
             ax.imshow(image[ys, xs], cmap="gray" if image.ndim == 2 else None)
             ax.imshow(
-                overlay[ys, xs],
+                np.ma.masked_less_equal(overlay[ys, xs], 0.05 * float(heatmap.max())),
                 cmap="jet",
                 alpha=0.45,
                 vmin=0,
