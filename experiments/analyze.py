@@ -5,7 +5,8 @@ Default: the run of experiments/train.py on the built-in planted-concept data:
 Real activations (the same .npy files the run was trained on):
     python -m experiments.analyze --workdir=runs/mine --npy=dino=a.npy,vit=b.npy
 Outputs go to <workdir>/analysis unless --out is given. --baseline and --controls train extra
-(shorter) models into that folder; a re-run reuses them.
+(shorter) models into that folder; a re-run with the same settings reuses them (another
+--baseline_steps or --control_steps needs another --out).
 """
 
 import importlib
