@@ -5,12 +5,13 @@ Default: the run of experiments/train.py on the built-in planted-concept data:
 Real activations (the same .npy files the run was trained on):
     python -m experiments.analyze --workdir=runs/mine --npy=dino=a.npy,vit=b.npy
 Outputs go to <workdir>/analysis unless --out is given. --baseline and --controls train extra
-(shorter) models into that folder; a re-run with the same settings reuses them (another
---baseline_steps or --control_steps needs another --out).
+(shorter) models into that folder, one subfolder per step budget; a re-run reuses them.
 """
 
 import importlib
+import os
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 
@@ -26,9 +27,9 @@ flags.DEFINE_integer("max_rows", None, "Analyse only the first rows of the data 
 flags.DEFINE_float("tau", 0.1, "Firing threshold: a concept fires when its code exceeds tau.")
 flags.DEFINE_integer("batch_rows", 4096, "Rows per jitted statistics batch.")
 flags.DEFINE_bool("baseline", True, "Train independent SAEs (M = 1) and match them (Hungarian).")
-flags.DEFINE_integer("baseline_steps", 500, "Training steps of each independent SAE.")
+flags.DEFINE_integer("baseline_steps", 300, "Training steps of each independent SAE.")
 flags.DEFINE_bool("controls", True, "Train the real/shuffled/noise control USAEs.")
-flags.DEFINE_integer("control_steps", 300, "Training steps of each control USAE.")
+flags.DEFINE_integer("control_steps", 200, "Training steps of each control USAE.")
 flags.DEFINE_string(
     "control_model", None, "Model permuted/replaced in the controls (default last)."
 )
@@ -38,6 +39,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("images", None, ".npy [num_images, H, W(, 3)] images in [0, 1], by image id.")
 flags.DEFINE_list("grid", ["14", "14"], "Token grid h,w of each image.")
+flags.DEFINE_string(
+    "compilation_cache",
+    "<out>/xla_cache",
+    "Persistent XLA compilation cache "
+    "(the control USAEs share shapes, so only the first compiles); '' disables it.",
+)
 flags.DEFINE_integer("crop_patches", None, "Crop image panels to this many cells around the peak.")
 FLAGS = flags.FLAGS
 
@@ -45,6 +52,13 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "analysis")
+    if FLAGS.compilation_cache:
+        jax.config.update(
+            "jax_compilation_cache_dir", FLAGS.compilation_cache.replace("<out>", out)
+        )
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     from usae_jax.analysis.compare import BaselineConfig
     from usae_jax.analysis.controls import ControlConfig
     from usae_jax.analysis.examples import ImageTokens
@@ -77,7 +91,7 @@ def main(argv):
         num_example_concepts=FLAGS.example_concepts,
         image_crop_patches=FLAGS.crop_patches,
     )
-    results = analyze(FLAGS.workdir, arrays, analysis, planted, tokens, FLAGS.out)
+    results = analyze(FLAGS.workdir, arrays, analysis, planted, tokens, out)
     print(
         "firing-entropy AUROC (planted shared vs specific): "
         f"{results.get('planted', {}).get('entropy_auroc_shared_vs_specific')}; "
@@ -85,7 +99,7 @@ def main(argv):
     )
     print(
         f"wrote report.md, analysis.json and {len(results['figures'])} PNGs "
-        f"in {results['seconds']} s to {FLAGS.out or FLAGS.workdir + '/analysis'}"
+        f"in {results['seconds']} s to {out}"
     )
 
 

@@ -27,7 +27,7 @@ from usae_jax.usae.model import normalize_dictionary
 class BaselineConfig:
     """Settings of the independent-SAE comparison."""
 
-    num_steps: int = 500
+    num_steps: int = 300
     """Training steps of each independent SAE. Fewer than a full run by default so the whole
     analysis stays short; the report states the number."""
 

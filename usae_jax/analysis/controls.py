@@ -29,7 +29,7 @@ CONTROL_KINDS = ("real", "shuffled", "noise")
 class ControlConfig:
     """Which controls to train and how long."""
 
-    num_steps: int = 300
+    num_steps: int = 200
     """Training steps of each control USAE (and of the same-budget real reference)."""
 
     kinds: tuple[str, ...] = CONTROL_KINDS

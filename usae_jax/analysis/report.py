@@ -204,7 +204,10 @@ def analyze(
     if analysis.baseline is not None:
         tic = time.perf_counter()
         saes = train_independent_saes(
-            config, arrays, out / "independent_saes", analysis.baseline.num_steps
+            config,
+            arrays,
+            out / f"independent_saes_{analysis.baseline.num_steps}_steps",
+            analysis.baseline.num_steps,
         )
         usae_atoms = {
             n: np.asarray(normalize_dictionary(params["models"][n]["dictionary"])) for n in names
@@ -222,7 +225,11 @@ def analyze(
     if analysis.controls is not None:
         tic = time.perf_counter()
         results["controls"] = run_controls(
-            config, arrays, out / "controls", analysis.controls, analysis.statistics
+            config,
+            arrays,
+            out / f"controls_{analysis.controls.num_steps}_steps",
+            analysis.controls,
+            analysis.statistics,
         )
         results["controls"]["seconds"] = round(time.perf_counter() - tic, 1)
     results["seconds"] = round(time.perf_counter() - started, 1)
