@@ -97,9 +97,12 @@ def test_analyze_entry_point_on_npy_files(trained_run, tmp_path):
         controls=False,
         max_rows=2048,
         example_concepts=2,
+        compilation_cache="",
     ):
         entry.FLAGS.mark_as_parsed()
         entry.main([])
     result = json.loads((tmp_path / "out" / "analysis.json").read_text())
     assert result["num_rows"] == 2048 and "controls" not in result
+    assert len(result["per_concept"]["firing_entropy"]) == 64
+    assert set(result["per_concept"]["cofire_proportion"]) == set(PLANTED.model_names)
     assert (tmp_path / "out" / "report.md").stat().st_size > 1000

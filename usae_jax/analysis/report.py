@@ -88,6 +88,27 @@ def load_run(workdir: str | os.PathLike, num_rows: int) -> tuple[TrainConfig, di
     return config, params, stats, int(meta["step"])
 
 
+def _rounded(values: np.ndarray) -> list:
+    """JSON-ready list with 5 decimals; NaN becomes null."""
+    return [None if not np.isfinite(v) else round(float(v), 5) for v in np.ravel(values)]
+
+
+def _per_concept(statistics, entropy: np.ndarray, share: np.ndarray) -> dict:
+    """Every concept's numbers: lists of length n (per model: ``{name: list}``)."""
+    names = statistics.model_names
+    proportions = uni.cofire_proportion(statistics.cofire_counts, statistics.fire_counts)
+    per_model = lambda array: {n: _rounded(array[m]) for m, n in enumerate(names)}
+    return {
+        "firing_entropy": _rounded(entropy),
+        "cofire_count": statistics.cofire_counts.tolist(),
+        "energy": _rounded(statistics.total_energy),
+        "fire_counts": {n: statistics.fire_counts[m].tolist() for m, n in enumerate(names)},
+        "cofire_proportion": per_model(proportions),
+        "energy_share": per_model(share),
+        "mean_activation": per_model(statistics.mean_activation),
+    }
+
+
 def _planted_section(params, names, statistics, entropy, planted: PlantedData):
     """``(JSON section, [M, n] str planted match of each USAE row)``."""
     labels = uni.label_planted_concepts(
@@ -97,6 +118,7 @@ def _planted_section(params, names, statistics, entropy, planted: PlantedData):
     proportions = uni.cofire_proportion(statistics.cofire_counts, statistics.fire_counts)
     min_cfp = np.nan_to_num(proportions, nan=0.0).min(axis=0)
     section = uni.planted_separation(entropy, min_cfp, labels["labels"], fired)
+    section["concept_labels"] = labels["labels"].tolist()
     section["usae_specific_recovery"] = {
         name: mean_max_cosine(np.asarray(params["models"][name]["dictionary"]), directions)
         for name, directions in planted.specific_directions.items()
@@ -171,6 +193,7 @@ def analyze(
         "firing_entropy_histogram": np.histogram(entropy[fired], 10, (0, 1))[0].tolist(),
         "cofiring_matrix": uni.cofiring_matrix(statistics.pairwise_cofire).tolist(),
         "universality_vs_importance": scatter,
+        "per_concept": _per_concept(statistics, entropy, share),
         "top_concepts_by_energy": [
             {
                 "concept": int(c),
