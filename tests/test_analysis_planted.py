@@ -106,3 +106,20 @@ def test_analyze_entry_point_on_npy_files(trained_run, tmp_path):
     assert len(result["per_concept"]["firing_entropy"]) == 64
     assert set(result["per_concept"]["cofire_proportion"]) == set(PLANTED.model_names)
     assert (tmp_path / "out" / "report.md").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_report_draws_image_heatmaps_when_tokens_are_images(trained_run, tmp_path):
+    from usae_jax.analysis.examples import ImageTokens
+
+    workdir, planted = trained_run
+    # Pretend the 4096 rows are 256 images of a 4 x 4 token grid, 16 x 16 pixels each.
+    images = np.random.default_rng(0).random((256, 16, 16, 3)).astype(np.float32)
+    tokens = ImageTokens(np.repeat(np.arange(256), 16), (4, 4), images)
+    analysis = AnalysisConfig(baseline=None, controls=None, num_example_concepts=2)
+    results = analyze(workdir, planted.activations, analysis, planted, tokens, tmp_path)
+    drawn = [f for f in results["figures"] if f.endswith("_images.png")]
+    assert len(drawn) == 2, results["figures"]
+    for name in drawn:
+        assert (tmp_path / name).stat().st_size > 10_000
+    assert drawn[0] in (tmp_path / "report.md").read_text()

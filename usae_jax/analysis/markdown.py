@@ -160,5 +160,6 @@ def render_report(r: dict) -> str:
             f"- concept {concept}: "
             + "; ".join(f"{name} rows {v['rows']}" for name, v in per_model.items())
         )
-    lines += ["", " ".join(f"![{f}]({f})" for f in r["figures"][4:]), ""]
+    example_figures = [f for f in r["figures"] if f == "top_tokens.png" or "_images" in f]
+    lines += ["", " ".join(f"![{f}]({f})" for f in example_figures), ""]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -23,6 +24,7 @@ from usae_jax.analysis.compare import (
 )
 from usae_jax.analysis.controls import ControlConfig, run_controls, universality_summary
 from usae_jax.analysis.examples import ImageTokens, concept_heatmap, top_examples, top_images
+from usae_jax.analysis.markdown import render_report
 from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics, statistics_summary
 from usae_jax.checkpoint import Checkpointer
 from usae_jax.config import TrainConfig, to_dict, train_config_from_dict
@@ -128,32 +130,26 @@ def _planted_section(params, names, statistics, entropy, planted: PlantedData):
 
 
 def _examples(config, params, stats, source, statistics, ranked, tokens, out_dir, analysis):
+    """Top rows of the highest-energy concepts, their PNG, and image heatmap grids if given."""
     concepts = [int(c) for c in ranked[: analysis.num_example_concepts]]
     listed = {str(c): top_examples(statistics, c, count=5) for c in concepts}
     pngs = []
     if concepts:
         pngs.append(figures.plot_top_activations(statistics, concepts, out_dir / "top_tokens.png"))
-    if tokens is not None:
-        for concept in concepts[:3]:
-            panels = {}
-            for m, name in enumerate(config.usae.model_names):
-                ids = top_images(statistics, tokens, concept, m, count=4)
-                panels[name] = [
-                    (
-                        i,
-                        tokens.image(i),
-                        concept_heatmap(config.usae, params, stats, source, tokens, concept, i)[
-                            name
-                        ],
-                    )
-                    for i in ids
-                ]
-            path = out_dir / f"concept_{concept}_images.png"
-            pngs.append(
-                figures.plot_concept_images(
-                    panels, tokens.grid, concept, path, analysis.image_crop_patches
+    for concept in concepts[:3] if tokens is not None else []:
+        panels = {name: [] for name in config.usae.model_names}
+        for m, name in enumerate(config.usae.model_names):
+            for image_id in top_images(statistics, tokens, concept, m, count=4):
+                heatmaps = concept_heatmap(
+                    config.usae, params, stats, source, tokens, concept, image_id
                 )
+                panels[name].append((image_id, tokens.image(image_id), heatmaps[name]))
+        path = out_dir / f"concept_{concept}_images.png"
+        pngs.append(
+            figures.plot_concept_images(
+                panels, tokens.grid, concept, path, analysis.image_crop_patches
             )
+        )
     return listed, pngs
 
 
@@ -167,8 +163,6 @@ def analyze(
 ) -> dict:
     """Analyse the run in ``workdir`` on ``arrays`` (``{name: [rows, width]}``, raw, standardised
     here as training did); write ``analysis.json``, ``report.md`` and PNGs; return the numbers."""
-    from pathlib import Path
-
     started = time.perf_counter()
     analysis = analysis or AnalysisConfig()
     out = Path(out_dir or os.path.join(workdir, "analysis"))
@@ -259,7 +253,5 @@ def analyze(
     results["figures"] = [os.path.basename(p) for p in pngs]
     with open(out / "analysis.json", "w") as handle:
         json.dump(results, handle, indent=2)
-    from usae_jax.analysis.markdown import render_report
-
     (out / "report.md").write_text(render_report(results))
     return results
