@@ -62,7 +62,11 @@ class StepRunner:
         self.traces = 0
         usae = config.usae
         state_sharding, batch_sharding = replicated(mesh), row_sharded(mesh)
-        if config.source_sampling == "all":
+        if usae.architecture == "sparc":  # every stream every step, local or global TopK
+            from usae_jax.sparc import make_sparc_step
+
+            bodies = {None: make_sparc_step(usae, optimizers)}
+        elif config.source_sampling == "all":
             bodies = {None: make_all_sources_step(usae, optimizers)}
         else:
             bodies = {name: make_source_step(usae, optimizers, name) for name in usae.model_names}
@@ -85,8 +89,8 @@ class StepRunner:
         return counted
 
     def source_of(self, step: int) -> str | None:
-        """The source model of ``step`` (None for "all")."""
-        if self.config.source_sampling == "all":
+        """The source model of ``step`` (None for "all" and for SPARC)."""
+        if self.config.source_sampling == "all" or self.config.usae.architecture == "sparc":
             return None
         names = self.config.usae.model_names
         return names[draw_source(self.config.seed, step, len(names))]

@@ -108,9 +108,15 @@ def pre_activations(
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> tuple[jax.Array, dict]:
-    """``BatchNorm(x @ W + b)``: ``[B, d] -> [B, n]``, plus the new BatchNorm statistics."""
+    """``BatchNorm(x @ W + b)``: ``[B, d] -> [B, n]``, plus the new BatchNorm statistics.
+
+    Parameters without a ``"batchnorm"`` entry (SPARC's affine stream encoders) give the affine
+    ``x @ W + b`` and return ``stats`` unchanged.
+    """
     encoder = model_params["encoder"]
     h = x @ encoder["kernel"] + encoder["bias"]
+    if "batchnorm" not in model_params:
+        return h, stats
     return batchnorm(model_params["batchnorm"], stats, h, train=train, momentum=momentum, eps=eps)
 
 
