@@ -14,6 +14,7 @@ AuxKind = Literal["top_half", "dead_latents"]
 SourceSampling = Literal["random_one", "all"]
 ScheduleHorizon = Literal["official", "per_model"]
 SparsityRule = Literal["local_topk", "global_topk"]
+Architecture = Literal["usae", "sparc"]
 
 
 def _require(condition: bool, field: str, value, why: str) -> None:
@@ -65,7 +66,16 @@ class USAEConfig:
     float32. Parameters, optimiser states, BatchNorm and losses are float32 either way."""
 
     sparsity: SparsityRule = "local_topk"
-    """"local_topk" (USAE: each encoder picks its own k) or "global_topk" (SPARC)."""
+    """"local_topk" (USAE: each encoder picks its own k) or "global_topk" (SPARC: the logits
+    are summed over streams and one set of k indices per row is kept in every stream; needs
+    ``architecture="sparc"``)."""
+
+    architecture: Architecture = "usae"
+    """"usae": Linear -> BatchNorm -> ReLU -> TopK encoders trained by the USAE step (one source
+    model per step, or all, see ``TrainConfig.source_sampling``). "sparc": affine stream encoders
+    ``h = x @ W + b`` (no BatchNorm) and the SPARC step of :mod:`usae_jax.sparc` (every stream
+    encoded every step; self + cross reconstruction + dead-latent AuxK), with either sparsity
+    rule; ``source_sampling`` is then ignored."""
 
     def __post_init__(self):
         object.__setattr__(self, "model_names", tuple(self.model_names))
@@ -111,6 +121,15 @@ class USAEConfig:
             "compute_dtype",
             self.compute_dtype,
             "float32 or bfloat16",
+        )
+        _require(
+            self.architecture in ("usae", "sparc"), "architecture", self.architecture, "unknown"
+        )
+        _require(
+            self.sparsity == "local_topk" or self.architecture == "sparc",
+            "sparsity",
+            self.sparsity,
+            'global_topk encodes all streams jointly: it needs architecture="sparc"',
         )
 
     @property

@@ -27,7 +27,12 @@ from usae_jax.optim import make_optimizer, schedule_for
 from usae_jax.plots import plot_r2_matrix, plot_training_curves
 from usae_jax.sharding import must_block_each_step, replicated, row_sharded, shard_rows
 from usae_jax.train_state import TrainState, create_train_state
-from usae_jax.train_step import draw_source, make_all_sources_step, make_source_step
+from usae_jax.train_step import (
+    UNSHARDED,
+    draw_source,
+    make_all_sources_step,
+    make_source_step,
+)
 from usae_jax.writers import JsonlWriter, read_jsonl
 
 
@@ -65,7 +70,13 @@ class StepRunner:
         usae = config.usae
         batch_sharding = row_sharded(mesh)
         ops = sharded_ops(mesh)
-        if config.source_sampling == "all":
+        if usae.architecture == "sparc":  # every stream every step, local or global TopK
+            from usae_jax.sparc import make_sparc_step
+
+            if ops is not UNSHARDED:
+                raise ValueError("SPARC steps do not support concept_parallel > 1 yet")
+            bodies = {None: make_sparc_step(usae, optimizers)}
+        elif config.source_sampling == "all":
             bodies = {None: make_all_sources_step(usae, optimizers, ops)}
         else:
             bodies = {
@@ -90,8 +101,8 @@ class StepRunner:
         return counted
 
     def source_of(self, step: int) -> str | None:
-        """The source model of ``step`` (None for "all")."""
-        if self.config.source_sampling == "all":
+        """The source model of ``step`` (None for "all" and for SPARC)."""
+        if self.config.source_sampling == "all" or self.config.usae.architecture == "sparc":
             return None
         names = self.config.usae.model_names
         return names[draw_source(self.config.seed, step, len(names))]

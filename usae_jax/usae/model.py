@@ -124,7 +124,9 @@ def pre_activations(
     """``BatchNorm(x @ W + b)``: ``[B, d] -> [B, n]``, plus the new BatchNorm statistics.
 
     ``compute_dtype=jnp.bfloat16`` runs the product on bfloat16 inputs with float32
-    accumulation; parameters, BatchNorm and everything after stay float32.
+    accumulation; parameters, BatchNorm and everything after stay float32. Parameters without a
+    ``"batchnorm"`` entry (SPARC's affine stream encoders) give the affine ``x @ W + b`` and
+    return ``stats`` unchanged.
     """
     encoder = model_params["encoder"]
     kernel = encoder["kernel"]
@@ -136,6 +138,8 @@ def pre_activations(
         )
         + encoder["bias"]
     )
+    if "batchnorm" not in model_params:
+        return h, stats
     return batchnorm(model_params["batchnorm"], stats, h, train=train, momentum=momentum, eps=eps)
 
 

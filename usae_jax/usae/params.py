@@ -23,15 +23,18 @@ Params = dict
 BatchStats = dict
 
 
-def init_model_params(rng: jax.Array, width: int, num_concepts: int) -> dict:
+def init_model_params(
+    rng: jax.Array, width: int, num_concepts: int, batchnorm: bool = True
+) -> dict:
     """One model's parameters, initialised as the official torch code does.
 
     Encoder: torch ``nn.Linear`` default init, ``U(-1/sqrt(d), 1/sqrt(d))`` for kernel and bias.
-    BatchNorm: scale 1, shift 0. Dictionary: standard normal ``[n, d]``.
+    BatchNorm: scale 1, shift 0 (left out when ``batchnorm`` is False: SPARC's affine stream
+    encoders). Dictionary: standard normal ``[n, d]``.
     """
     kernel_rng, bias_rng, dict_rng = jax.random.split(rng, 3)
     bound = 1.0 / jnp.sqrt(width)
-    return {
+    params = {
         "encoder": {
             "kernel": jax.random.uniform(
                 kernel_rng, (width, num_concepts), jnp.float32, -bound, bound
@@ -44,6 +47,9 @@ def init_model_params(rng: jax.Array, width: int, num_concepts: int) -> dict:
         },
         "dictionary": jax.random.normal(dict_rng, (num_concepts, width), jnp.float32),
     }
+    if not batchnorm:
+        del params["batchnorm"]
+    return params
 
 
 def init_batch_stats(num_concepts: int) -> dict:
@@ -56,9 +62,16 @@ def init_batch_stats(num_concepts: int) -> dict:
 
 
 def init_params(rng: jax.Array, config: USAEConfig) -> tuple[Params, BatchStats]:
-    """Parameters and BatchNorm statistics of every model; model ``m`` uses ``fold_in(rng, m)``."""
+    """Parameters and BatchNorm statistics of every model; model ``m`` uses ``fold_in(rng, m)``.
+
+    With ``config.architecture == "sparc"`` the models have no BatchNorm parameters (their
+    ``batch_stats`` are kept, unused, so every state has the same structure).
+    """
+    batchnorm = config.architecture == "usae"
     models = {
-        name: init_model_params(jax.random.fold_in(rng, index), width, config.num_concepts)
+        name: init_model_params(
+            jax.random.fold_in(rng, index), width, config.num_concepts, batchnorm
+        )
         for index, (name, width) in enumerate(zip(config.model_names, config.widths, strict=True))
     }
     stats = {name: init_batch_stats(config.num_concepts) for name in config.model_names}
