@@ -160,3 +160,55 @@ def test_extract_store_train_r2_end_to_end(setup, tmp_path):
     r2 = np.asarray(result.final_metrics["r2"])
     assert r2.shape == (3, 3) and np.isfinite(r2).all()
     assert (tmp_path / "run" / "r2_matrix.png").stat().st_size > 1000
+
+
+def test_killed_extraction_resumes_to_the_same_store(tmp_path):
+    """SIGKILL the extraction process half way (no cleanup runs), resume, compare bitwise."""
+    import signal
+    import time
+
+    torch.manual_seed(1)
+    tf.ViTModel(tf.ViTConfig(**TINY, image_size=32, patch_size=8)).save_pretrained(tmp_path / "v")
+    rng = np.random.default_rng(1)
+    for i in range(240):
+        folder = tmp_path / "imgs" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        PIL.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    script = os.path.join(ROOT, "experiments", "extract.py")
+
+    def command(store):
+        return [sys.executable, script, f"--workdir={store}", f"--images={tmp_path / 'imgs'}",
+                f"--backbone=v=hf:{tmp_path / 'v'}", "--model=vit=v:final", "--grid=2",
+                "--image_size=32", "--batch_images=2", "--chunk_images=2"]  # fmt: skip
+
+    full = subprocess.run(command(tmp_path / "full"), env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    victim = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    manifest = tmp_path / "killed" / "manifest.json"
+    committed = 0
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        try:
+            committed = len(json.loads(manifest.read_text())["image_ids"])
+        except (OSError, ValueError, KeyError):
+            committed = 0
+        if committed >= 20:
+            victim.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, "the extraction finished before it was killed"
+    assert 20 <= committed < 240
+
+    resumed = subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    from usae_jax.data.store import Store
+
+    a, b = Store(tmp_path / "full"), Store(tmp_path / "killed")
+    assert a.manifest["image_ids"] == b.manifest["image_ids"]
+    np.testing.assert_array_equal(a.array("vit"), b.array("vit"))
