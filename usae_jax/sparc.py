@@ -35,7 +35,7 @@ import optax
 from usae_jax.config import USAEConfig
 from usae_jax.losses import auxiliary_codes, reconstruction_loss
 from usae_jax.train_state import TrainState
-from usae_jax.train_step import StepMetrics
+from usae_jax.train_step import StepMetrics, mean_l0, update_every_model, update_firing
 from usae_jax.usae.model import Encoded, decode_sparse, normalize_dictionary, top_k_codes
 
 
@@ -150,11 +150,6 @@ def sparc_loss_matrix(
     return jnp.stack(rows)
 
 
-def _update_firing(tokens_since_fired: jax.Array, codes: jax.Array) -> jax.Array:
-    fired = jnp.any(codes > 0, axis=0)
-    return jnp.where(fired, 0, tokens_since_fired + codes.shape[0])
-
-
 def make_sparc_step(
     usae: USAEConfig, optimizers: dict[str, optax.GradientTransformation]
 ) -> Callable[[TrainState, dict], tuple[TrainState, StepMetrics]]:
@@ -175,21 +170,15 @@ def make_sparc_step(
 
         models = state.params["models"]
         grads, (matrix, codes) = jax.grad(loss_fn, has_aux=True)(models)
-        new_models, new_opt = {}, {}
-        for name in names:
-            updates, new_opt[name] = optimizers[name].update(
-                grads[name], state.opt_states[name], models[name]
-            )
-            new_models[name] = optax.apply_updates(models[name], updates)
+        new_models, new_opt = update_every_model(optimizers, grads, state.opt_states, models)
         new_state = state.replace(
             step=state.step + 1,
             params={**state.params, "models": new_models},
             opt_states=new_opt,
             tokens_since_fired={
-                n: _update_firing(state.tokens_since_fired[n], codes[n]) for n in names
+                n: update_firing(state.tokens_since_fired[n], codes[n]) for n in names
             },
         )
-        l0 = jnp.mean(jnp.stack([jnp.sum(codes[n] > 0, axis=1).astype(jnp.float32) for n in names]))
-        return new_state, StepMetrics(jnp.sum(matrix), jnp.sum(matrix, axis=0), l0)
+        return new_state, StepMetrics(jnp.sum(matrix), jnp.sum(matrix, axis=0), mean_l0(codes))
 
     return step

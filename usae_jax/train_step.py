@@ -77,7 +77,8 @@ def _dead_mask(usae: USAEConfig, tokens_since_fired: jax.Array) -> jax.Array:
     return tokens_since_fired >= usae.dead_after_tokens
 
 
-def _update_firing(tokens_since_fired: jax.Array, codes: jax.Array) -> jax.Array:
+def update_firing(tokens_since_fired: jax.Array, codes: jax.Array) -> jax.Array:
+    """Rows since each concept last fired ``[n]``, after a batch of ``[B, n]`` codes."""
     fired = jnp.any(codes > 0, axis=0)
     return jnp.where(fired, 0, tokens_since_fired + codes.shape[0])
 
@@ -148,7 +149,7 @@ def make_source_step(
             opt_states={**state.opt_states, source: new_opt},
             tokens_since_fired={
                 **state.tokens_since_fired,
-                source: _update_firing(state.tokens_since_fired[source], codes),
+                source: update_firing(state.tokens_since_fired[source], codes),
             },
         )
         l0 = jnp.mean(jnp.sum(codes > 0, axis=1).astype(jnp.float32))
@@ -182,25 +183,33 @@ def make_all_sources_step(
 
         models = state.params["models"]
         grads, (losses, new_stats, codes) = jax.grad(loss_fn, has_aux=True)(models)
-        new_models, new_opt = {}, {}
-        for name in names:
-            updates, new_opt[name] = optimizers[name].update(
-                grads[name], state.opt_states[name], models[name]
-            )
-            new_models[name] = optax.apply_updates(models[name], updates)
+        new_models, new_opt = update_every_model(optimizers, grads, state.opt_states, models)
         new_state = state.replace(
             step=state.step + 1,
             params={**state.params, "models": new_models},
             batch_stats=new_stats,
             opt_states=new_opt,
             tokens_since_fired={
-                name: _update_firing(state.tokens_since_fired[name], codes[name]) for name in names
+                name: update_firing(state.tokens_since_fired[name], codes[name]) for name in names
             },
         )
-        l0 = jnp.mean(jnp.stack([jnp.sum(codes[n] > 0, axis=1).astype(jnp.float32) for n in names]))
-        return new_state, StepMetrics(jnp.sum(losses), losses, l0)
+        return new_state, StepMetrics(jnp.sum(losses), losses, mean_l0(codes))
 
     return step
+
+
+def update_every_model(optimizers, grads, opt_states, models) -> tuple[dict, dict]:
+    """Apply each model's own optimiser to its gradients: ``(new models, new optimiser states)``."""
+    new_models, new_opt = {}, {}
+    for name, model in models.items():
+        updates, new_opt[name] = optimizers[name].update(grads[name], opt_states[name], model)
+        new_models[name] = optax.apply_updates(model, updates)
+    return new_models, new_opt
+
+
+def mean_l0(codes: dict[str, jax.Array]) -> jax.Array:
+    """Mean number of non-zero codes per row over every model's ``[B, n]`` codes."""
+    return jnp.mean(jnp.stack([jnp.sum(c > 0, axis=1).astype(jnp.float32) for c in codes.values()]))
 
 
 def draw_source(seed: int, step: int, num_models: int) -> int:
