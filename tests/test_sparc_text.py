@@ -2,6 +2,9 @@
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -58,14 +61,12 @@ def test_text_store_pairs_rows_pooled_and_per_token(tmp_path):
 
 @needs_minilm
 @pytest.mark.slow
-def test_sparc_text_experiment_end_to_end(tmp_path, capsys):
-    from absl import flags
-
-    from experiments import sparc_text
-
-    flags.FLAGS(
+def test_sparc_text_experiment_end_to_end(tmp_path):
+    # In a subprocess: absl flags of several experiments/ modules cannot share one process.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
         [
-            "sparc_text",
+            sys.executable, "-m", "experiments.sparc_text",
             f"--workdir={tmp_path}",
             "--sentences=96",
             "--max_length=16",
@@ -75,13 +76,12 @@ def test_sparc_text_experiment_end_to_end(tmp_path, capsys):
             "--top_k=4",
             "--steps=4",
             "--batch_rows=32",
-        ]
-    )
-    try:
-        sparc_text.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
-    printed = capsys.readouterr().out
+        ],
+        cwd=root, capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, PYTHONPATH=root, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout
     assert "global_topk  shared_support" in printed and "procrustes_concept" in printed
     report = json.loads((tmp_path / "text_report.json").read_text())
     assert report["streams"] == {
