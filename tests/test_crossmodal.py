@@ -199,3 +199,17 @@ def test_sparc_global_topk_trains_and_aligns_on_paired_store(towers, tmp_path):
     for section in (shared, fair):
         assert 0 <= section["jaccard"] <= 1 and 0 <= section["recall@1"] <= 1
         assert 1 <= section["mean_rank"] <= 8
+
+
+def test_sample_captioned_items_cover_every_sample_image():
+    from usae_jax.data.images import SKIMAGE_NAMES, SKLEARN_NAMES
+
+    items = xm.sample_captioned_items()
+    expected = {f"skimage:{n}" for n in SKIMAGE_NAMES} | {f"sklearn:{n}" for n in SKLEARN_NAMES}
+    assert {item.image_id for item in items} == expected
+    assert len({item.item_id for item in items}) == len(items) == 48
+    per_image = [sum(i.image_id == image for i in items) for image in expected]
+    assert min(per_image) == 2 and max(per_image) == 3
+    assert items[0].caption == "a portrait of an astronaut in a white spacesuit"
+    image = items[0].load()
+    assert image.dtype == np.uint8 and image.shape == (512, 512, 3)

@@ -24,7 +24,7 @@ import numpy as np
 from usae_jax.backbones.base import VisionBackbone
 from usae_jax.data import images as images_lib
 from usae_jax.data import text as text_lib
-from usae_jax.data.store import Store, StoreError, StoreWriter
+from usae_jax.data.store import Store, StoreWriter
 
 IMAGE_POOLINGS = ("cls", "mean")
 
@@ -85,15 +85,6 @@ class CaptionedItem:
         return images_lib.to_rgb(self.image() if callable(self.image) else self.image)
 
 
-def _stream_meta(stream, modality: str) -> dict:
-    return {
-        "modality": modality,
-        "backbone": stream.backbone.name,
-        "layer": stream.layer,
-        "pooling": stream.pooling,
-    }
-
-
 def extract_paired_store(
     image_streams: Sequence[ImageStream],
     text_streams: Sequence[text_lib.TextStream],
@@ -136,8 +127,6 @@ def extract_paired_store(
     ids = [item.item_id for item in items]
     if not items or len(set(ids)) != len(ids):
         raise ValueError("items must be non-empty with unique item ids")
-    if len(set(names)) != len(names):
-        raise ValueError(f"stream names must be unique: {names}")
     if image_size < 1 or not 0 < crop <= 1 or batch_size < 1 or max_length < 2:
         raise ValueError("image_size, crop, batch_size or max_length out of range")
     digest = hashlib.sha256(
@@ -151,13 +140,18 @@ def extract_paired_store(
         "crop": crop,
         "max_length": max_length,
         "batch_size": batch_size,  # chunk boundaries: a resumed extraction must use the same
-        "streams": {s.name: _stream_meta(s, "image") for s in image_streams}
-        | {s.name: _stream_meta(s, "text") for s in text_streams},
+        "streams": {
+            s.name: {
+                "modality": "image" if isinstance(s, ImageStream) else "text",
+                "backbone": s.backbone.name,
+                "layer": s.layer,
+                "pooling": s.pooling,
+            }
+            for s in streams
+        },
     }
     writer = StoreWriter(directory, text_lib.stream_specs(streams), (1,), meta)
-    done = writer.committed_images
-    if writer.manifest["image_ids"] != ids[:done]:
-        raise StoreError(f"{writer.directory}: committed item ids differ from these items")
+    done = writer.committed_images  # items_sha256 in meta: the committed rows are these items
     image_groups = text_lib.group_by_backbone(image_streams)
     image_fns = {key: _image_forward(group) for key, group in image_groups.items()}
     text_groups = text_lib.group_by_backbone(text_streams)
@@ -198,56 +192,42 @@ def _image_forward(group: Sequence[ImageStream]):
     return forward
 
 
-# Hand-written descriptive captions of the offline sample images (``images.sample_images``).
-SAMPLE_CAPTIONS = {
-    "skimage:astronaut": (
-        "a portrait of an astronaut in a white spacesuit",
-        "a smiling astronaut posing in front of a flag",
-    ),
-    "skimage:brick": ("a grey brick wall", "a close-up texture of bricks and mortar"),
-    "skimage:camera": (
-        "a black and white photo of a man with a camera on a tripod",
-        "a photographer standing outdoors behind a tripod",
-    ),
-    "skimage:cat": ("an orange tabby cat looking at the camera", "a close-up of a ginger cat"),
-    "skimage:cell": ("a grey microscope image of a cell", "a blurry microscopy picture of a cell"),
-    "skimage:checkerboard": (
-        "a black and white checkerboard pattern",
-        "a grid of alternating black and white squares",
-    ),
-    "skimage:chelsea": ("a ginger cat with striped fur", "a tabby cat sitting indoors"),
-    "skimage:clock": ("a black and white photo of a wall clock", "a round clock on a wall"),
-    "skimage:coffee": ("a cup of coffee on a saucer", "a coffee cup seen from above on a table"),
-    "skimage:coins": ("many old coins on a dark background", "a grey photo of rows of coins"),
-    "skimage:grass": ("a close-up texture of grass blades", "a grey image of dense grass"),
-    "skimage:gravel": ("a grey texture of small stones", "a close-up of gravel"),
-    "skimage:horse": ("a black silhouette of a horse on white", "the outline of a standing horse"),
-    "skimage:hubble_deep_field": (
-        "a deep space image full of galaxies",
-        "many small colourful galaxies on a black sky",
-    ),
-    "skimage:immunohistochemistry": (
-        "a stained tissue sample under a microscope",
-        "brown and blue stained cells in a tissue slice",
-    ),
-    "skimage:logo": (
-        "the scikit-image logo with a snake",
-        "a colourful logo on a white background",
-    ),
-    "skimage:moon": ("a grey image of the moon's surface with craters", "a close-up of craters"),
-    "skimage:page": ("a scanned page of printed text", "a grey photo of a page of a book"),
-    "skimage:retina": (
-        "a photograph of the back of a human eye",
-        "an orange retina with red blood vessels",
-    ),
-    "skimage:rocket": ("a rocket on a launch pad", "a space rocket standing upright before launch"),
-    "skimage:text": ("a grey photo of letters and numbers", "printed text on an uneven background"),
-    "sklearn:china.jpg": (
-        "a chinese temple with a tiled roof under a blue sky",
-        "an old pagoda building surrounded by trees",
-    ),
-    "sklearn:flower.jpg": ("a close-up photo of a flower", "a blossom with petals in the sun"),
+# Hand-written descriptive captions of the offline sample images: "image id | caption | ...".
+_CAPTION_TABLE = """
+skimage:astronaut | a portrait of an astronaut in a white spacesuit | a smiling astronaut posing
+  in front of a flag | a woman in a spacesuit with a model space shuttle behind her
+skimage:brick | a grey brick wall | a close-up texture of bricks and mortar
+skimage:camera | a black and white photo of a man with a camera on a tripod | a photographer
+  standing outdoors behind a tripod
+skimage:cat | an orange tabby cat looking at the camera | a close-up of a ginger cat
+skimage:cell | a grey microscope image of a cell | a blurry microscopy picture of a cell
+skimage:checkerboard | a black and white checkerboard pattern | a grid of alternating squares
+skimage:chelsea | a ginger cat with striped fur | a tabby cat sitting indoors
+skimage:clock | a black and white photo of a wall clock | a round clock on a wall
+skimage:coffee | a cup of coffee on a saucer | a coffee cup seen from above on a table
+skimage:coins | many old coins on a dark background | a grey photo of rows of coins
+skimage:grass | a close-up texture of grass blades | a grey image of dense grass
+skimage:gravel | a grey texture of small stones | a close-up of gravel
+skimage:horse | a black silhouette of a horse on white | the outline of a standing horse
+skimage:hubble_deep_field | a deep space image full of galaxies | many small colourful galaxies
+  on a black sky | a telescope view of distant stars and galaxies
+skimage:immunohistochemistry | a stained tissue sample under a microscope | brown and blue
+  stained cells in a tissue slice
+skimage:logo | the scikit-image logo with a snake | a colourful logo on a white background
+skimage:moon | a grey image of the moon's surface with craters | a close-up of lunar craters
+skimage:page | a scanned page of printed text | a grey photo of a page of a book
+skimage:retina | a photograph of the back of a human eye | an orange retina with red blood vessels
+skimage:rocket | a rocket on a launch pad | a space rocket standing upright before launch
+skimage:text | a grey photo of letters and numbers | printed text on an uneven background
+sklearn:china.jpg | a chinese temple with a tiled roof under a blue sky | an old pagoda building
+  surrounded by trees
+sklearn:flower.jpg | a close-up photo of a flower | a blossom with petals in the sun
+"""
+SAMPLE_CAPTIONS: dict[str, tuple[str, ...]] = {
+    line.split(" | ")[0]: tuple(line.split(" | ")[1:])
+    for line in _CAPTION_TABLE.replace("\n  ", " ").strip().splitlines()
 }
+"""Image id -> its 2-3 hand-written captions (every image of ``images.sample_images``)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -256,9 +236,9 @@ def _sample_arrays() -> dict[str, np.ndarray]:
 
 
 def sample_captioned_items() -> list[CaptionedItem]:
-    """The offline caption set: every sample image with its hand-written captions (2 each).
+    """The offline caption set: every sample image with its 2-3 hand-written captions.
 
-    Tiny (23 images, 46 items) and written by hand without looking at pixel statistics: it only
+    Tiny (23 images, 48 items) and written by hand without looking at pixel statistics: it only
     exercises the image-caption pipeline; it is no benchmark. Images load lazily (skimage and
     sklearn sample data, offline). Item ids look like ``skimage:astronaut/c1``.
     """
