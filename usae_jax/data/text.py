@@ -227,9 +227,7 @@ def extract_text_store(
     ids = [f"s{i:06d}" for i in range(len(sentences))] if item_ids is None else list(item_ids)
     if len(ids) != len(sentences) or len(set(ids)) != len(ids):
         raise ValueError("item_ids must be unique, one per sentence")
-    groups: dict[int, list[TextStream]] = {}
-    for stream in streams:
-        groups.setdefault(id(stream.backbone), []).append(stream)
+    groups = group_by_backbone(streams)
     meta = {
         "kind": "paired_text",
         "pairing": "row r of every stream is the same item; image_ids[r] is its item id",
@@ -240,14 +238,40 @@ def extract_text_store(
             s.name: {"modality": "text", "layer": s.layer, "pooling": s.pooling} for s in streams
         },
     }
-    specs = [
+    writer = StoreWriter(directory, stream_specs(streams), (1,), meta)
+    fns = text_forwards(groups)
+    done_items = _items_done(writer.manifest["image_ids"])
+    for start in range(0, len(sentences), batch_size):
+        batch_ids = ids[start : start + batch_size]
+        if start + len(batch_ids) <= done_items:
+            continue
+        text = list(sentences[start : start + batch_size])
+        rows, row_ids = text_rows(groups, fns, text, batch_ids, per_token, max_length)
+        writer.append(row_ids, rows)
+    return finish_store(writer, [s.name for s in streams])
+
+
+def group_by_backbone(streams: Sequence) -> dict[int, list]:
+    """Streams grouped by backbone object (one forward pass per group), in first-seen order."""
+    groups: dict[int, list] = {}
+    for stream in streams:
+        groups.setdefault(id(stream.backbone), []).append(stream)
+    return groups
+
+
+def stream_specs(streams: Sequence) -> list[ModelSpec]:
+    """One store :class:`ModelSpec` per stream (width, layer and backbone identity)."""
+    return [
         ModelSpec(
             name=s.name, width=s.backbone.width, layer=s.layer, backbone=dict(s.backbone.identity)
         )
         for s in streams
     ]
-    writer = StoreWriter(directory, specs, (1,), meta)
-    fns = {
+
+
+def text_forwards(groups: dict[int, list[TextStream]]) -> dict:
+    """One jitted ``(params, tokens) -> {layer: [B, T, width]}`` per backbone group."""
+    return {
         key: jax.jit(
             lambda params, tokens, bb=group[0].backbone, layers=tuple({s.layer for s in group}): (
                 bb.apply(params, tokens, layers)
@@ -255,37 +279,49 @@ def extract_text_store(
         )
         for key, group in groups.items()
     }
-    done_items = _items_done(writer.manifest["image_ids"])
-    for start in range(0, len(sentences), batch_size):
-        batch_ids = ids[start : start + batch_size]
-        if start + len(batch_ids) <= done_items:
-            continue
-        text = list(sentences[start : start + batch_size])
-        rows, row_ids = {}, None
-        for key, group in groups.items():
-            tokens = group[0].backbone.tokenize(text, max_length=max_length)
-            hidden = fns[key](group[0].backbone.params, tokens)
-            mask = np.asarray(tokens["attention_mask"]) > 0
-            for stream in group:
-                out = hidden[stream.layer]
-                if per_token:
-                    rows[stream.name] = np.asarray(out)[mask]
-                    row_ids = [
-                        f"{i}/t{t}"
-                        for i, m in zip(batch_ids, mask, strict=True)
-                        for t in range(int(m.sum()))
-                    ]
-                else:
-                    rows[stream.name] = np.asarray(pool(out, mask, stream.pooling))[:, 0]
-                    row_ids = batch_ids
-        writer.append(row_ids, rows)
-    store = Store(directory, verify=False, require_complete=False)
+
+
+def text_rows(
+    groups: dict[int, list[TextStream]],
+    fns: dict,
+    text: Sequence[str],
+    batch_ids: Sequence[str],
+    per_token: bool,
+    max_length: int,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Rows of one batch of sentences: ``({stream: [rows, width]}, row ids)``.
+
+    Pooled: one row per sentence (``rows == len(text)``, ids ``batch_ids``); per token: one row
+    per non-padding token (ids ``"<item>/t<token>"``).
+    """
+    rows, row_ids = {}, list(batch_ids)
+    for key, group in groups.items():
+        tokens = group[0].backbone.tokenize(text, max_length=max_length)
+        hidden = fns[key](group[0].backbone.params, tokens)
+        mask = np.asarray(tokens["attention_mask"]) > 0
+        for stream in group:
+            out = hidden[stream.layer]
+            if per_token:
+                rows[stream.name] = np.asarray(out)[mask]
+                row_ids = [
+                    f"{i}/t{t}"
+                    for i, m in zip(batch_ids, mask, strict=True)
+                    for t in range(int(m.sum()))
+                ]
+            else:
+                rows[stream.name] = np.asarray(pool(out, mask, stream.pooling))[:, 0]
+    return rows, row_ids
+
+
+def finish_store(writer: StoreWriter, names: Sequence[str]) -> Store:
+    """Record scalar standardisation over every row (resumed chunks included); mark complete."""
+    store = Store(writer.directory, verify=False, require_complete=False)
     mean, std = {}, {}
-    for stream in streams:  # scalar standardisation over every row (resumed chunks included)
-        array = store.array(stream.name)
-        mean[stream.name], std[stream.name] = float(array.mean()), float(array.std()) or 1.0
+    for name in names:
+        array = store.array(name)
+        mean[name], std[name] = float(array.mean()), float(array.std()) or 1.0
     writer.finish(mean, std)
-    return Store(directory)
+    return Store(writer.directory)
 
 
 def _items_done(row_ids: Sequence[str]) -> int:
