@@ -202,3 +202,21 @@ def test_bfloat16_compute_tracks_float32(planted, tmp_path):
     assert half.state.params["models"]["alpha"]["dictionary"].dtype == np.float32
     r2_full, r2_half = np.diag(full.final_metrics["r2"]), np.diag(half.final_metrics["r2"])
     np.testing.assert_allclose(r2_half, r2_full, atol=0.03)
+
+
+def test_resume_accepts_operational_changes_and_older_configs(planted, tmp_path):
+    from usae_jax.config import to_dict, training_identity
+
+    config = _config(data_parallel=1, num_steps=4, checkpoint_every=2)
+    train(config, tmp_path, planted.source(), stop_after=2)
+    resumed = train(
+        dataclasses.replace(config, log_every=1, progress_bar=True, data_parallel=2),
+        tmp_path,
+        planted.source(),
+    )
+    assert int(resumed.state.step) == 4
+    older = to_dict(config)
+    del older["usae"]["compute_dtype"], older["concept_parallel"]  # a config from before them
+    assert training_identity(older) == training_identity(to_dict(config))
+    with pytest.raises(ValueError, match="unknown training config fields"):
+        training_identity({**to_dict(config), "mystery": 1})

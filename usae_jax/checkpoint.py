@@ -20,7 +20,8 @@ class Checkpointer:
       workdir: the run's directory.
       keep: how many recent checkpoints to keep.
       config_json: the run's config as a JSON-ready dict; stored with every checkpoint and
-        compared on restore, so a workdir is never resumed under a different configuration.
+        compared on restore, so a workdir is never resumed under a configuration that computes
+        something else (operational fields such as logging or device counts may change).
     """
 
     def __init__(self, workdir: str | os.PathLike, keep: int, config_json: dict):
@@ -72,7 +73,7 @@ class Checkpointer:
                 "earlier one, or use a fresh workdir."
             ) from err
         meta = restored["meta"]
-        if meta.get("config") != self.config_json:
+        if not _same_training(meta.get("config"), self.config_json):
             raise CheckpointError(
                 f"checkpoint in {self.directory} was written by a different configuration; "
                 "use a fresh workdir or the same config.\n"
@@ -82,6 +83,19 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _same_training(saved: dict | None, current: dict) -> bool:
+    """Whether a saved config computes the same run as ``current`` (operational fields such as
+    the progress bar, log interval or device counts may differ; new fields take defaults)."""
+    from usae_jax.config import training_identity
+
+    if saved is None:
+        return False
+    try:
+        return training_identity(saved) == training_identity(current)
+    except (ValueError, TypeError, KeyError):
+        return False
 
 
 def read_checkpoint_meta(workdir: str | os.PathLike, step: int | None = None) -> dict:

@@ -303,11 +303,43 @@ def to_dict(config) -> dict:
 
 
 def train_config_from_dict(data: dict) -> TrainConfig:
-    """Inverse of :func:`to_dict` for :class:`TrainConfig`."""
+    """Inverse of :func:`to_dict` for :class:`TrainConfig`.
+
+    Fields missing from ``data`` (written before they existed) take their defaults; unknown
+    fields are an error naming them.
+    """
     data = dict(data)
-    usae = USAEConfig(**{**data.pop("usae")})
-    optim = OptimConfig(**data.pop("optim"))
-    return TrainConfig(usae=usae, optim=optim, **data)
+    parts = {"usae": (USAEConfig, data.pop("usae")), "optim": (OptimConfig, data.pop("optim"))}
+    built = {}
+    for key, (cls, values) in parts.items():
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {key} config fields {sorted(unknown)}")
+        built[key] = cls(**values)
+    unknown = set(data) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown training config fields {sorted(unknown)}")
+    return TrainConfig(**built, **data)
+
+
+OPERATIONAL_FIELDS = (
+    "data_parallel",
+    "concept_parallel",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "eval_rows",
+    "progress_bar",
+)
+"""TrainConfig fields that change how a run is executed or reported, not what it computes: a
+run may be resumed with different values of these."""
+
+
+def training_identity(data: dict) -> dict:
+    """The part of a config dict that must match to resume a run: every field that changes the
+    math, with defaults filled in for fields the dict predates."""
+    full = to_dict(train_config_from_dict(data))
+    return {key: value for key, value in full.items() if key not in OPERATIONAL_FIELDS}
 
 
 _USAE_FIELDS = {field.name for field in dataclasses.fields(USAEConfig)}
