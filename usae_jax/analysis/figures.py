@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from usae_jax.analysis.examples import crop_window, upsample  # noqa: E402
+from usae_jax.plots import plot_model_matrix  # noqa: E402
 
 
 def _save(fig, path) -> str:
@@ -32,21 +33,15 @@ def plot_entropy_histogram(entropy: np.ndarray, fired: np.ndarray, path, bins: i
 
 def plot_cofiring_matrix(matrix: np.ndarray, names: tuple[str, ...], path) -> str:
     """Heatmap of the ``[M, M]`` co-firing matrix (row i: share of i's firings shared with j)."""
-    matrix = np.asarray(matrix)
-    size = 1.6 + 1.1 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="magma")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("also fires for model")
-    ax.set_ylabel("firings of model")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            colour = "black" if matrix[i, j] > 0.6 else "white"
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=colour)
-    ax.set_title("Co-firing of the same concept")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    return _save(fig, path)
+    return plot_model_matrix(
+        matrix,
+        names,
+        path,
+        title="Co-firing of the same concept",
+        xlabel="also fires for model",
+        ylabel="firings of model",
+        cmap="magma",
+    )
 
 
 def plot_universality_scatter(cofire_counts, energy, pearson: float, path) -> str:
