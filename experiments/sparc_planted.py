@@ -24,8 +24,11 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     from experiments.configs import sparc
-    from usae_jax.analysis.sparc_compare import compare_local_global, format_comparison, split_rows
-    from usae_jax.config import replace_fields
+    from usae_jax.analysis.sparc_compare import (
+        compare_held_out,
+        format_comparison,
+        sparc_run_config,
+    )
     from usae_jax.data.planted import PlantedConfig, generate_planted
 
     planted = generate_planted(
@@ -34,27 +37,19 @@ def main(argv):
         )
     )
     arrays = planted.activations
-    train_rows, test_rows = split_rows(FLAGS.rows, FLAGS.test_fraction, FLAGS.seed)
-    config = sparc.get_config(
-        tuple(arrays),
-        tuple(a.shape[1] for a in arrays.values()),
+    config = sparc_run_config(
+        sparc.get_config,
+        arrays,
+        [a.shape[1] for a in arrays.values()],
         num_concepts=FLAGS.num_concepts,
         top_k=FLAGS.top_k,
-        num_steps=FLAGS.steps,
-    )
-    config = replace_fields(
-        config,
+        steps=FLAGS.steps,
         batch_rows=FLAGS.batch_rows,
         seed=FLAGS.seed,
         learning_rate=FLAGS.learning_rate,
-        final_lr=FLAGS.learning_rate,
     )
-    report = compare_local_global(
-        config,
-        FLAGS.workdir,
-        {n: a[train_rows] for n, a in arrays.items()},
-        {n: a[test_rows] for n, a in arrays.items()},
-        transfer=("alpha", "beta"),
+    report = compare_held_out(
+        config, FLAGS.workdir, arrays, FLAGS.test_fraction, transfer=("alpha", "beta")
     )
     print(format_comparison(report))
 

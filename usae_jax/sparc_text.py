@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 
-from usae_jax.config import TrainConfig, replace_fields
+from usae_jax.config import TrainConfig
 
 SECOND_STREAMS = ("random_bert", "minilm_layer")
 
@@ -126,7 +126,7 @@ def run_sparc_text(
 
     Returns ``{"comparison": compare_local_global(...), "streams": ..., "seconds": ...}``.
     """
-    from usae_jax.analysis.sparc_compare import compare_local_global, split_rows
+    from usae_jax.analysis.sparc_compare import compare_held_out, sparc_run_config, split_rows
     from usae_jax.data.text import extract_text_store, template_sentences
 
     started = time.perf_counter()
@@ -138,27 +138,23 @@ def run_sparc_text(
     )
     extracted = time.perf_counter()
     arrays = {name: store.array(name) for name in store.names}
-    train_rows, test_rows = split_rows(store.num_rows, config.test_fraction, config.seed)
-    train_config = recipe(
+    train_config = sparc_run_config(
+        recipe,
         store.names,
         store.widths,
         num_concepts=config.num_concepts,
         top_k=config.top_k,
-        num_steps=config.steps,
-    )
-    train_config = replace_fields(
-        train_config,
+        steps=config.steps,
         batch_rows=config.batch_rows,
         seed=config.seed,
         learning_rate=config.learning_rate,
-        final_lr=config.learning_rate,
-        eval_rows=len(test_rows),
+        eval_rows=len(split_rows(store.num_rows, config.test_fraction, config.seed)[1]),
     )
-    comparison = compare_local_global(
+    comparison = compare_held_out(
         train_config,
         os.path.join(workdir, "runs"),
-        {n: a[train_rows] for n, a in arrays.items()},
-        {n: a[test_rows] for n, a in arrays.items()},
+        arrays,
+        config.test_fraction,
         transfer=(first.name, second.name),
     )
     report = {

@@ -21,7 +21,7 @@ import numpy as np
 
 from usae_jax.analysis.alignment import alignment_report
 from usae_jax.analysis.crossmodel import transfer_report
-from usae_jax.config import TrainConfig
+from usae_jax.config import TrainConfig, replace_fields
 from usae_jax.data.source import ArraySource
 from usae_jax.loop import train
 
@@ -84,6 +84,54 @@ def compare_local_global(
     with open(os.path.join(os.fspath(workdir), "comparison.json"), "w") as handle:
         json.dump(report, handle, indent=1)
     return report
+
+
+def sparc_run_config(
+    recipe,
+    names,
+    widths,
+    *,
+    num_concepts: int,
+    top_k: int,
+    steps: int,
+    batch_rows: int,
+    seed: int,
+    learning_rate: float,
+    eval_rows: int | None = None,
+) -> TrainConfig:
+    """A SPARC config from ``recipe(names, widths, num_concepts=, top_k=, num_steps=)`` (e.g.
+    ``experiments.configs.sparc.get_config``) with a constant learning rate and the given sizes."""
+    config = recipe(
+        tuple(names), tuple(widths), num_concepts=num_concepts, top_k=top_k, num_steps=steps
+    )
+    return replace_fields(
+        config,
+        batch_rows=batch_rows,
+        seed=seed,
+        learning_rate=learning_rate,
+        final_lr=learning_rate,
+        eval_rows=eval_rows,
+    )
+
+
+def compare_held_out(
+    config: TrainConfig,
+    workdir: str | os.PathLike,
+    arrays: Mapping[str, np.ndarray],
+    test_fraction: float,
+    transfer: tuple[str, str] | None = None,
+) -> dict:
+    """Hold out ``test_fraction`` of the paired items (seeded by ``config.seed``), then
+    :func:`compare_local_global` on the rest: ``arrays`` is ``{stream: [N, d]}``."""
+    rows = len(next(iter(arrays.values())))
+    train_rows, test_rows = split_rows(rows, test_fraction, config.seed)
+    return compare_local_global(
+        config,
+        workdir,
+        {n: a[train_rows] for n, a in arrays.items()},
+        {n: a[test_rows] for n, a in arrays.items()},
+        transfer=transfer,
+    )
 
 
 def format_comparison(report: dict) -> str:
