@@ -160,8 +160,10 @@ def test_width_mismatch_and_bad_configs_are_clear_errors(planted, tmp_path):
 def test_corrupt_or_foreign_checkpoint_is_a_clear_error(planted, tmp_path):
     config = _config(data_parallel=1, num_steps=2, checkpoint_every=2)
     train(config, tmp_path, planted.source())
+    written = (tmp_path / "config.json").read_text()
     with pytest.raises(CheckpointError, match="different configuration"):
         train(dataclasses.replace(config, seed=5), tmp_path, planted.source())
+    assert (tmp_path / "config.json").read_text() == written  # the run's record is kept
     for root, _, files in os.walk(tmp_path / "checkpoints" / "2" / "state"):
         for file in files:
             with open(os.path.join(root, file), "r+b") as handle:

@@ -167,15 +167,15 @@ def train(
         )
     optimizers, _ = build_optimizers(config, total_steps, steps_per_epoch)
     config_json = config_lib.to_dict(config)
-    with open(os.path.join(workdir, "config.json"), "w") as handle:
-        json.dump(config_json, handle, indent=2)
-
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config_json)
     fresh = create_train_state(config, optimizers)
     shardings = state_shardings(fresh, mesh, usae.num_concepts)
     state = jax.device_put(fresh, shardings)
     if checkpointer.latest_step() is not None:
-        state, _ = checkpointer.restore(state)
+        state, _ = checkpointer.restore(state)  # raises before anything in workdir is touched
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as handle:
+            json.dump(config_json, handle, indent=2)
     start = int(state.step)
     runner = StepRunner(config, optimizers, mesh, shardings)
     writer = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)

@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from usae_jax.data.source import ArraySource
+from usae_jax.metrics import mean_max_cosine
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -115,8 +116,6 @@ def generate_planted(config: PlantedConfig) -> PlantedData:
 
 def recovery(params: dict, planted: PlantedData) -> dict[str, float]:
     """Per model, mean over planted shared concepts of the best cosine with a dictionary row."""
-    from usae_jax.metrics import mean_max_cosine
-
     return {
         name: mean_max_cosine(np.asarray(params["models"][name]["dictionary"]), directions)
         for name, directions in planted.shared_directions.items()
