@@ -96,20 +96,3 @@ def _same_training(saved: dict | None, current: dict) -> bool:
         return training_identity(saved) == training_identity(current)
     except (ValueError, TypeError, KeyError):
         return False
-
-
-def read_checkpoint_meta(workdir: str | os.PathLike, step: int | None = None) -> dict:
-    """The JSON saved with a checkpoint (its config and step), without restoring arrays."""
-    directory = os.path.join(os.fspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoints under {workdir}: expected {directory}")
-    steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint steps in {directory}")
-    step = steps[-1] if step is None else step
-    path = os.path.join(directory, str(step), "meta", "metadata")
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"checkpoint metadata {path} is missing or corrupt: {err}") from err

@@ -76,19 +76,3 @@ def init_params(rng: jax.Array, config: USAEConfig) -> tuple[Params, BatchStats]
     }
     stats = {name: init_batch_stats(config.num_concepts) for name in config.model_names}
     return {"models": models}, stats
-
-
-def check_params(params: Params, config: USAEConfig) -> None:
-    """Raise ``ValueError`` if ``params`` do not have the shapes ``config`` describes."""
-    models = params.get("models", {})
-    if set(models) != set(config.model_names):
-        raise ValueError(
-            f"parameters hold models {sorted(models)}, config has {list(config.model_names)}"
-        )
-    for name, width in zip(config.model_names, config.widths, strict=True):
-        shape = tuple(models[name]["dictionary"].shape)
-        if shape != (config.num_concepts, width):
-            raise ValueError(
-                f"model {name!r}: dictionary has shape {shape}, "
-                f"config expects ({config.num_concepts}, {width})"
-            )
