@@ -8,6 +8,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from usae_jax.config import training_identity
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be used (corrupt, or from another configuration)."""
@@ -88,8 +90,6 @@ class Checkpointer:
 def _same_training(saved: dict | None, current: dict) -> bool:
     """Whether a saved config computes the same run as ``current`` (operational fields such as
     the progress bar, log interval or device counts may differ; new fields take defaults)."""
-    from usae_jax.config import training_identity
-
     if saved is None:
         return False
     try:
