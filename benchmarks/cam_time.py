@@ -14,10 +14,10 @@ import platform
 
 import jax
 
-from usae_jax.analysis import cam
+from usae_jax.analysis.cam import optimize as cam
 from usae_jax.backbones.registry import load_backbone
 from usae_jax.config import USAEConfig
-from usae_jax.usae.params import init_params
+from usae_jax.model.params import init_params
 
 
 def main():

@@ -3,7 +3,7 @@
     python benchmarks/step_vs_official.py [--config=paper|small|both] [--steps=3] [--rounds=2]
 
 Both sides train on the same synthetic standardised activations with the same configuration.
-The PyTorch side (benchmarks/official_torch.py, checked against the official numbers) computes
+The PyTorch side (tests/reference/official_torch.py, checked against the official numbers) computes
 the way the official code does; ours computes the same math (tests/test_parity.py). Timing
 alternates between the two, ``--rounds`` times ``--steps`` steps each, after a warm-up (our
 compilation is excluded and reported apart). Prints a short table and one JSON line.
@@ -62,10 +62,10 @@ def required_flops(widths, num_concepts, top_k, batch_rows) -> float:
 def make_jax_step(spec, seed=0):
     import jax
 
-    from usae_jax.concept_sharding import create_mesh_2d, state_shardings
     from usae_jax.config import TrainConfig, USAEConfig
-    from usae_jax.loop import StepRunner, build_optimizers
-    from usae_jax.train_state import create_train_state
+    from usae_jax.parallel.concept import create_mesh_2d, state_shardings
+    from usae_jax.train.loop import StepRunner, build_optimizers
+    from usae_jax.train.state import create_train_state
 
     names = tuple(f"m{i}" for i in range(len(spec["widths"])))
     config = TrainConfig(
@@ -108,7 +108,7 @@ def make_jax_step(spec, seed=0):
 def make_torch_step(spec, seed=0):
     import torch
 
-    from benchmarks.official_torch import OfficialUSAE
+    from tests.reference.official_torch import OfficialUSAE
 
     usae = OfficialUSAE(
         spec["widths"],

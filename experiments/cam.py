@@ -16,7 +16,9 @@ import time
 import numpy as np
 from absl import app, flags
 
-from usae_jax.analysis import cam, cam_output, trained
+from usae_jax.analysis import load as trained
+from usae_jax.analysis.cam import optimize as cam
+from usae_jax.analysis.cam import output as cam_output
 from usae_jax.backbones.registry import load_backbone
 from usae_jax.data.loader import StoreSource
 from usae_jax.data.store import Store

@@ -24,12 +24,12 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     from experiments.configs import sparc
-    from usae_jax.analysis.sparc_compare import (
+    from usae_jax.analysis.sparc.compare import (
         compare_held_out,
         format_comparison,
         sparc_run_config,
     )
-    from usae_jax.data.planted import PlantedConfig, generate_planted
+    from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
 
     planted = generate_planted(
         PlantedConfig(

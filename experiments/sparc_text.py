@@ -35,8 +35,8 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     from experiments.configs import sparc
-    from usae_jax.analysis.sparc_compare import format_comparison
-    from usae_jax.sparc_text import SparcTextConfig, run_sparc_text
+    from usae_jax.analysis.sparc.compare import format_comparison
+    from usae_jax.pipelines.sparc_text import SparcTextConfig, run_sparc_text
 
     config = SparcTextConfig(
         num_sentences=FLAGS.sentences,

@@ -13,7 +13,8 @@ import json
 
 from absl import app, flags
 
-from usae_jax.analysis import trained, transfer
+from usae_jax.analysis import load as trained
+from usae_jax.analysis import steering as transfer
 from usae_jax.backbones import onnx_dinov2
 from usae_jax.data import images
 from usae_jax.data.loader import StoreSource

@@ -42,12 +42,12 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
     from usae_jax.config import replace_fields
-    from usae_jax.distributed import initialize
+    from usae_jax.parallel.hosts import initialize
 
     initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-    from usae_jax.data.planted import generate_planted
     from usae_jax.data.source import ArraySource
-    from usae_jax.run import format_summary, train_and_report
+    from usae_jax.data.synthetic.planted import generate_planted
+    from usae_jax.pipelines.train_and_report import format_summary, train_and_report
 
     module = importlib.import_module(f"experiments.configs.{FLAGS.config}")
     planted = None

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tests.test_analysis_statistics import identity_usae
-from usae_jax.analysis import compare, controls, examples, figures
+from usae_jax.analysis import baseline as compare
+from usae_jax.analysis import controls, examples, figures
 from usae_jax.analysis import universality as uni
 from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics
 from usae_jax.data.source import ArraySource

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from absl.testing import flagsaver
 
-from usae_jax.analysis.compare import BaselineConfig
+from usae_jax.analysis.baseline import BaselineConfig
 from usae_jax.analysis.controls import ControlConfig
 from usae_jax.analysis.report import AnalysisConfig, analyze
 from usae_jax.analysis.statistics import StatisticsConfig
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
-from usae_jax.data.planted import PlantedConfig, generate_planted
-from usae_jax.loop import train
+from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
+from usae_jax.train.loop import train
 
 PLANTED = PlantedConfig(widths=(24, 16, 32), num_shared=12, num_specific=6, rows=4096, seed=3)
 

@@ -11,10 +11,11 @@ torch = pytest.importorskip("torch")
 PIL = pytest.importorskip("PIL.Image")
 import transformers as tf  # noqa: E402
 
-from usae_jax.analysis import cam, cam_output  # noqa: E402
+from usae_jax.analysis.cam import optimize as cam  # noqa: E402
+from usae_jax.analysis.cam import output as cam_output  # noqa: E402
 from usae_jax.backbones.registry import load_backbone  # noqa: E402
 from usae_jax.config import USAEConfig  # noqa: E402
-from usae_jax.usae.params import init_params  # noqa: E402
+from usae_jax.model.params import init_params  # noqa: E402
 
 TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
 CONCEPTS = (3, 7)
@@ -94,7 +95,7 @@ def test_cam_raises_planted_concepts_in_every_model(setup, tmp_path, shared):
 def test_reader_matches_library_encoding(setup):
     """The differentiable reader equals extraction + standardisation + the library encoder."""
     from usae_jax.data.extract import make_token_fn
-    from usae_jax.metrics import encode_eval
+    from usae_jax.train.metrics import encode_eval
 
     models, usae, params, stats, _ = setup
     images = jax.random.uniform(jax.random.key(2), (2, 1, 32, 32, 3))
@@ -124,7 +125,7 @@ def test_experiment_cam_end_to_end(setup, tmp_path):
     from usae_jax.data import extract as ex
     from usae_jax.data import images
     from usae_jax.data.loader import StoreSource
-    from usae_jax.loop import train
+    from usae_jax.train.loop import train
 
     models, _, _, _, base = setup
     backbones = {"vit": models[0].backbone, "dino": models[1].backbone}

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from usae_jax.concept_sharding import create_mesh_2d, sharded_decode, two_stage_top_k
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
-from usae_jax.data.planted import PlantedConfig, generate_planted
-from usae_jax.loop import train
-from usae_jax.usae.model import decode_sparse, top_k_codes
+from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
+from usae_jax.model.usae import decode_sparse, top_k_codes
+from usae_jax.parallel.concept import create_mesh_2d, sharded_decode, two_stage_top_k
+from usae_jax.train.loop import train
 
 PLANTED = PlantedConfig(widths=(12, 8, 16), num_shared=6, num_specific=3, rows=512, seed=2)
 

@@ -149,11 +149,11 @@ def test_paired_store_resumes_and_rejects_other_items(towers, tmp_path, monkeypa
 
 
 def test_sparc_global_topk_trains_and_aligns_on_paired_store(towers, tmp_path):
-    from usae_jax.analysis.alignment import alignment_report, stream_codes
+    from usae_jax.analysis.sparc.alignment import alignment_report, stream_codes
     from usae_jax.config import TrainConfig, USAEConfig
     from usae_jax.data.loader import StoreSource
-    from usae_jax.loop import train
-    from usae_jax.sparc import encode_streams
+    from usae_jax.model.sparc import encode_streams
+    from usae_jax.train.loop import train
 
     store = _extract(towers, tmp_path / "store")
     source = StoreSource(store)

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 
 from experiments.configs import default
-from usae_jax.data.planted import generate_planted
-from usae_jax.run import train_and_report
+from usae_jax.data.synthetic.planted import generate_planted
+from usae_jax.pipelines.train_and_report import train_and_report
 
 
 @pytest.mark.slow

@@ -140,7 +140,7 @@ def test_cli(setup, tmp_path):
 def test_extract_store_train_r2_end_to_end(setup, tmp_path):
     """Generated images -> tiny random backbones -> store -> USAE training -> R² matrix."""
     from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
-    from usae_jax.loop import train
+    from usae_jax.train.loop import train
 
     _, backbones, config, source = setup
     store = ex.extract(config, backbones, source, str(tmp_path / "store"), progress=False)

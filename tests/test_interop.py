@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from usae_jax.config import USAEConfig
-from usae_jax.interop import (
+from usae_jax.model.interop import (
     export_official_model,
     export_safetensors,
     import_official,
@@ -15,7 +15,7 @@ from usae_jax.interop import (
     import_safetensors,
     load_official_checkpoint,
 )
-from usae_jax.usae.params import init_batch_stats, init_params
+from usae_jax.model.params import init_batch_stats, init_params
 
 
 def _params():

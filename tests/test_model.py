@@ -5,13 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from usae_jax.losses import (
-    auxiliary_codes,
-    reconstruction_loss,
-    top_half_codes_by_sort,
-    top_half_mask,
-)
-from usae_jax.usae.model import (
+from usae_jax.model.params import init_batch_stats, init_model_params
+from usae_jax.model.usae import (
     batchnorm,
     decode_dense,
     decode_sparse,
@@ -19,7 +14,12 @@ from usae_jax.usae.model import (
     normalize_dictionary,
     top_k_codes,
 )
-from usae_jax.usae.params import init_batch_stats, init_model_params
+from usae_jax.train.losses import (
+    auxiliary_codes,
+    reconstruction_loss,
+    top_half_codes_by_sort,
+    top_half_mask,
+)
 
 
 def test_top_k_keeps_the_k_largest_per_row():

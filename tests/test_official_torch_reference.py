@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from benchmarks.official_torch import OfficialUSAE, top_k_auxiliary_loss  # noqa: E402
+from tests.reference.official_torch import OfficialUSAE, top_k_auxiliary_loss  # noqa: E402
 
 
 def _states(parity, prefix, names):

@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import OptimConfig, USAEConfig
-from usae_jax.interop import import_official
-from usae_jax.losses import top_k_auxiliary_loss, top_k_auxiliary_loss_l1
-from usae_jax.optim import current_learning_rate, make_optimizer, official_schedule
-from usae_jax.train_state import TrainState
-from usae_jax.train_step import make_source_step
-from usae_jax.usae.model import decode, decode_dense, encode, normalize_dictionary
+from usae_jax.model.interop import import_official
+from usae_jax.model.usae import decode, decode_dense, encode, normalize_dictionary
+from usae_jax.train.losses import top_k_auxiliary_loss, top_k_auxiliary_loss_l1
+from usae_jax.train.optim import current_learning_rate, make_optimizer, official_schedule
+from usae_jax.train.state import TrainState
+from usae_jax.train.steps import make_source_step
 
 
 def _meta(parity):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from usae_jax.config import TrainConfig, USAEConfig
-from usae_jax.sparc import encode_streams, global_top_k, sparc_loss_matrix
-from usae_jax.usae.params import init_params
+from usae_jax.model.params import init_params
+from usae_jax.model.sparc import encode_streams, global_top_k, sparc_loss_matrix
 
 
 def _usae(**overrides):
@@ -125,8 +125,8 @@ def test_global_topk_requires_the_sparc_architecture():
 
 @pytest.mark.parametrize("sparsity", ["global_topk", "local_topk"])
 def test_sparc_trains_in_the_shared_loop_on_planted_streams(tmp_path, sparsity):
-    from usae_jax.data.planted import PlantedConfig, generate_planted
-    from usae_jax.loop import train
+    from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
+    from usae_jax.train.loop import train
 
     planted = generate_planted(
         PlantedConfig(

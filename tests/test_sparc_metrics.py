@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from usae_jax.analysis.alignment import jaccard, pair_report, partner_ranks, retrieval
-from usae_jax.analysis.crossmodel import column_correlations, orthogonal_procrustes
-from usae_jax.analysis.sparc_compare import split_rows
+from usae_jax.analysis.sparc.alignment import jaccard, pair_report, partner_ranks, retrieval
+from usae_jax.analysis.sparc.compare import split_rows
+from usae_jax.analysis.sparc.crossmodel import column_correlations, orthogonal_procrustes
 
 
 def test_jaccard_closed_form():

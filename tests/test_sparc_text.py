@@ -26,7 +26,7 @@ def test_template_sentences_are_distinct_and_deterministic():
 def test_text_store_pairs_rows_pooled_and_per_token(tmp_path):
     from usae_jax.data.store import Store
     from usae_jax.data.text import TextStream, extract_text_store, random_bert
-    from usae_jax.sparc_text import SparcTextConfig, load_streams
+    from usae_jax.pipelines.sparc_text import SparcTextConfig, load_streams
 
     minilm, _ = load_streams(SparcTextConfig(second="minilm_layer", second_layer="2"))
     tiny = random_bert(minilm.backbone, hidden=32, layers=1, seed=0)

@@ -9,21 +9,21 @@ import jax
 import numpy as np
 import pytest
 
-from usae_jax.checkpoint import CheckpointError
-from usae_jax.concept_sharding import state_shardings
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
-from usae_jax.data.planted import PlantedConfig, generate_planted
 from usae_jax.data.source import ArraySource
-from usae_jax.loop import (
+from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
+from usae_jax.parallel.concept import state_shardings
+from usae_jax.parallel.mesh import shard_rows
+from usae_jax.train.checkpoint import CheckpointError
+from usae_jax.train.loop import (
     NonFiniteLossError,
     StepRunner,
     build_optimizers,
     make_training_mesh,
     train,
 )
-from usae_jax.sharding import shard_rows
-from usae_jax.train_state import create_train_state
-from usae_jax.writers import read_jsonl
+from usae_jax.train.state import create_train_state
+from usae_jax.train.writers import read_jsonl
 
 PLANTED = PlantedConfig(widths=(12, 8, 16), num_shared=6, num_specific=3, rows=512, seed=1)
 
@@ -103,7 +103,7 @@ def test_sharded_equals_single_device_and_compiles_once_per_model(planted, tmp_p
 
 
 def sharded_source(step):
-    from usae_jax.train_step import draw_source
+    from usae_jax.train.steps import draw_source
 
     return draw_source(0, step, len(PLANTED.model_names))
 

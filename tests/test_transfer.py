@@ -5,10 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from usae_jax.analysis import transfer
+from usae_jax.analysis import steering as transfer
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
-from usae_jax.data.planted import PlantedConfig, generate_planted
-from usae_jax.loop import train
+from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
+from usae_jax.train.loop import train
 
 PLANTED = PlantedConfig(
     widths=(16, 12, 20), num_shared=6, num_specific=2, rows=2048, noise=0.02, seed=0
@@ -147,7 +147,7 @@ def test_layer_edit_effects_on_a_tiny_dinov2(tmp_path):
     import transformers as tf
 
     from usae_jax.backbones.registry import load_backbone
-    from usae_jax.usae.params import init_params
+    from usae_jax.model.params import init_params
 
     torch.manual_seed(0)
     config = tf.Dinov2Config(

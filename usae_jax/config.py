@@ -73,7 +73,7 @@ class USAEConfig:
     architecture: Architecture = "usae"
     """"usae": Linear -> BatchNorm -> ReLU -> TopK encoders trained by the USAE step (one source
     model per step, or all, see ``TrainConfig.source_sampling``). "sparc": affine stream encoders
-    ``h = x @ W + b`` (no BatchNorm) and the SPARC step of :mod:`usae_jax.sparc` (every stream
+    ``h = x @ W + b`` (no BatchNorm) and the SPARC step of :mod:`usae_jax.model.sparc` (every stream
     encoded every step; self + cross reconstruction + dead-latent AuxK), with either sparsity
     rule; ``source_sampling`` is then ignored."""
 

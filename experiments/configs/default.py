@@ -8,7 +8,7 @@ model's variance, so cross-R² near that is the ceiling).
 """
 
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
-from usae_jax.data.planted import PlantedConfig
+from usae_jax.data.synthetic.planted import PlantedConfig
 
 
 def get_planted() -> PlantedConfig:

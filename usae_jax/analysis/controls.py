@@ -20,7 +20,7 @@ from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics
 from usae_jax.analysis.universality import firing_entropy, mean_cofire_proportion
 from usae_jax.config import TrainConfig, replace_fields
 from usae_jax.data.source import ArraySource
-from usae_jax.loop import train
+from usae_jax.train.loop import train
 
 CONTROL_KINDS = ("real", "shuffled", "noise")
 

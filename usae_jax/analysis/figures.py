@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from usae_jax.analysis.examples import crop_window, upsample  # noqa: E402
-from usae_jax.plots import plot_model_matrix  # noqa: E402
+from usae_jax.train.plots import plot_model_matrix  # noqa: E402
 
 
 def _save(fig, path) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from usae_jax.analysis import figures
 from usae_jax.analysis import universality as uni
-from usae_jax.analysis.compare import (
+from usae_jax.analysis.baseline import (
     BaselineConfig,
     compare_with_independent,
     train_independent_saes,
@@ -26,15 +26,15 @@ from usae_jax.analysis.controls import ControlConfig, run_controls, universality
 from usae_jax.analysis.examples import ImageTokens, concept_heatmap, top_examples, top_images
 from usae_jax.analysis.markdown import render_report
 from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics, statistics_summary
-from usae_jax.checkpoint import Checkpointer
 from usae_jax.config import TrainConfig, to_dict, train_config_from_dict
-from usae_jax.data.planted import PlantedData
 from usae_jax.data.source import ArraySource
-from usae_jax.loop import build_optimizers
-from usae_jax.metrics import mean_max_cosine
-from usae_jax.plots import plot_r2_matrix
-from usae_jax.train_state import create_train_state
-from usae_jax.usae.model import normalize_dictionary
+from usae_jax.data.synthetic.planted import PlantedData
+from usae_jax.model.usae import normalize_dictionary
+from usae_jax.train.checkpoint import Checkpointer
+from usae_jax.train.loop import build_optimizers
+from usae_jax.train.metrics import mean_max_cosine
+from usae_jax.train.plots import plot_r2_matrix
+from usae_jax.train.state import create_train_state
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)

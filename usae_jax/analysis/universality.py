@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from usae_jax.usae.model import normalize_dictionary
+from usae_jax.model.usae import normalize_dictionary
 
 
 def firing_entropy(fire_counts: np.ndarray) -> np.ndarray:

@@ -104,7 +104,7 @@ def prefetch_to_mesh(
       sharding: e.g. ``NamedSharding(mesh, PartitionSpec("data"))``; ``batch_rows`` must divide
         evenly over the ``"data"`` axis.
       place: instead of ``sharding``, a function placing a host batch on the devices (e.g.
-        :func:`usae_jax.sharding.shard_rows`, which also assembles multi-process arrays).
+        :func:`usae_jax.parallel.mesh.shard_rows`, which also assembles multi-process arrays).
     """
     if (sharding is None) == (place is None):
         raise ValueError("pass exactly one of sharding and place")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from usae_jax.train_step import UNSHARDED, SparseOps
+from usae_jax.train.steps import UNSHARDED, SparseOps
 
 DATA, MODEL = "data", "model"
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import USAEConfig
-from usae_jax.usae.model import Encoded, decode, encode
+from usae_jax.model.usae import Encoded, decode, encode
 
 
 def encode_eval(usae: USAEConfig, model_params: dict, stats: dict, x: jax.Array) -> Encoded:

@@ -16,7 +16,7 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """Saves and restores :class:`~usae_jax.train_state.TrainState` under ``<workdir>/checkpoints``.
+    """Saves and restores :class:`~usae_jax.train.state.TrainState` under ``<workdir>/checkpoints``.
 
     Args:
       workdir: the run's directory.

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from usae_jax.config import USAEConfig
-from usae_jax.sparc import encode_streams
+from usae_jax.model.sparc import encode_streams
 
 
 def jaccard(codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:

@@ -3,9 +3,9 @@
 :func:`compare_local_global` trains one SPARC-architecture model per sparsity rule with the
 shared train loop (same data order, init, loss and optimiser; only the TopK rule differs) on
 the training rows, then scores both on held-out rows: Jaccard and retrieval per stream and on
-the shared support (:mod:`usae_jax.analysis.alignment`), and optionally feature transfer from
+the shared support (:mod:`usae_jax.analysis.sparc.alignment`), and optionally feature transfer from
 one stream to another against an orthogonal Procrustes baseline
-(:mod:`usae_jax.analysis.crossmodel`).
+(:mod:`usae_jax.analysis.sparc.crossmodel`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from usae_jax.analysis.alignment import alignment_report
-from usae_jax.analysis.crossmodel import transfer_report
+from usae_jax.analysis.sparc.alignment import alignment_report
+from usae_jax.analysis.sparc.crossmodel import transfer_report
 from usae_jax.config import TrainConfig, replace_fields
 from usae_jax.data.source import ArraySource
-from usae_jax.loop import train
+from usae_jax.train.loop import train
 
 RULES = ("local_topk", "global_topk")
 

@@ -19,8 +19,8 @@ from scipy.optimize import linear_sum_assignment
 
 from usae_jax.config import TrainConfig, replace_fields
 from usae_jax.data.source import ArraySource
-from usae_jax.loop import train
-from usae_jax.usae.model import normalize_dictionary
+from usae_jax.model.usae import normalize_dictionary
+from usae_jax.train.loop import train
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)

@@ -9,10 +9,10 @@ import jax
 import numpy as np
 
 from usae_jax.config import TrainConfig
-from usae_jax.data.planted import PlantedData, recovery
 from usae_jax.data.source import PairedSource
-from usae_jax.interop import export_safetensors
-from usae_jax.loop import TrainResult, train
+from usae_jax.data.synthetic.planted import PlantedData, recovery
+from usae_jax.model.interop import export_safetensors
+from usae_jax.train.loop import TrainResult, train
 
 
 def train_and_report(

@@ -96,7 +96,7 @@ def encode(
     """Encode ``x`` ``[B, d]`` with one model's encoder; returns ``(Encoded, new stats)``.
 
     ``top_k_fn(activations, k) -> (dense, values, indices)`` replaces :func:`top_k_codes`, e.g.
-    by the two-stage selection of :mod:`usae_jax.concept_sharding`.
+    by the two-stage selection of :mod:`usae_jax.parallel.concept`.
     """
     pre_codes, new_stats = pre_activations(
         model_params,

@@ -8,7 +8,7 @@ import optax
 from flax import struct
 
 from usae_jax.config import TrainConfig
-from usae_jax.usae.params import init_params
+from usae_jax.model.params import init_params
 
 
 @struct.dataclass
@@ -17,7 +17,7 @@ class TrainState:
 
     Attributes:
       step: ``[]`` int32, the number of completed training steps.
-      params: ``{"models": {name: {...}}}`` (see :mod:`usae_jax.usae.params`).
+      params: ``{"models": {name: {...}}}`` (see :mod:`usae_jax.model.params`).
       batch_stats: ``{name: {"mean": [n], "var": [n], "count": []}}`` BatchNorm running stats.
       opt_states: ``{name: optax state}``, one AdamW state per model (its own update count).
       tokens_since_fired: ``{name: [n] int32}`` rows encoded by that model's encoder since each

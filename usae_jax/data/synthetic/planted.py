@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from usae_jax.data.source import ArraySource
-from usae_jax.metrics import mean_max_cosine
+from usae_jax.train.metrics import mean_max_cosine
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import USAEConfig
-from usae_jax.metrics import encode_eval
-from usae_jax.usae.model import decode, normalize_dictionary
+from usae_jax.model.usae import decode, normalize_dictionary
+from usae_jax.train.metrics import encode_eval
 
 
 class SearchResult(NamedTuple):
@@ -240,7 +240,7 @@ def layer_edit_effects(
     Args:
       hidden: ``[B, prefix + tokens, d]`` all tokens of the earliest layer.
       layers: ``{model name: block index}`` (the models are layers of this one backbone).
-      context: :func:`usae_jax.analysis.trained.store_context` of the store (grid, mean/std).
+      context: :func:`usae_jax.analysis.load.store_context` of the store (grid, mean/std).
 
     Returns one dict per (edit, read model): the concept's mean code before/after and the mean
     and max absolute change of every other concept's mean code.

@@ -4,7 +4,7 @@ Every process runs the same program. ``initialize`` connects them (on CPU throug
 collectives, so that a localhost test exercises the real code path); afterwards
 ``jax.devices()`` lists every process's devices and a mesh spans them all. Each process reads
 only its own rows of every global batch (:func:`process_rows`) and the global array is assembled
-with ``jax.make_array_from_process_local_data`` (see :func:`usae_jax.sharding.shard_rows`).
+with ``jax.make_array_from_process_local_data`` (see :func:`usae_jax.parallel.mesh.shard_rows`).
 """
 
 from __future__ import annotations

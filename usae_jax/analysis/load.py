@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from usae_jax.checkpoint import Checkpointer
 from usae_jax.config import TrainConfig, USAEConfig, train_config_from_dict
 from usae_jax.data.store import read_manifest
-from usae_jax.loop import build_optimizers
-from usae_jax.metrics import encode_eval
-from usae_jax.train_state import create_train_state
-from usae_jax.usae.model import normalize_dictionary
+from usae_jax.model.usae import normalize_dictionary
+from usae_jax.train.checkpoint import Checkpointer
+from usae_jax.train.loop import build_optimizers
+from usae_jax.train.metrics import encode_eval
+from usae_jax.train.state import create_train_state
 
 
 def load_trained_usae(workdir: str | os.PathLike, step: int | None = None):

@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 from usae_jax.config import USAEConfig
-from usae_jax.sparc import encode_streams
-from usae_jax.usae.model import normalize_dictionary
+from usae_jax.model.sparc import encode_streams
+from usae_jax.model.usae import normalize_dictionary
 
 
 def orthogonal_procrustes(source: np.ndarray, target: np.ndarray) -> np.ndarray:

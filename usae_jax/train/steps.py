@@ -21,15 +21,15 @@ import numpy as np
 import optax
 
 from usae_jax.config import USAEConfig
-from usae_jax.losses import auxiliary_codes, loss_for
-from usae_jax.train_state import TrainState
-from usae_jax.usae.model import (
+from usae_jax.model.usae import (
     Encoded,
     decode_sparse,
     encode,
     normalize_dictionary,
     top_k_codes,
 )
+from usae_jax.train.losses import auxiliary_codes, loss_for
+from usae_jax.train.state import TrainState
 
 
 class StepMetrics(NamedTuple):

@@ -17,23 +17,23 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from usae_jax import config as config_lib
-from usae_jax.checkpoint import Checkpointer
-from usae_jax.concept_sharding import DATA, create_mesh_2d, sharded_ops, state_shardings
 from usae_jax.data.loader import prefetch_to_mesh
 from usae_jax.data.source import PairedSource, check_matches
-from usae_jax.distributed import ProcessShare
-from usae_jax.metrics import dead_fraction, evaluate
-from usae_jax.optim import make_optimizer, schedule_for
-from usae_jax.plots import plot_r2_matrix, plot_training_curves
-from usae_jax.sharding import must_block_each_step, replicated, row_sharded, shard_rows
-from usae_jax.train_state import TrainState, create_train_state
-from usae_jax.train_step import (
+from usae_jax.parallel.concept import DATA, create_mesh_2d, sharded_ops, state_shardings
+from usae_jax.parallel.hosts import ProcessShare
+from usae_jax.parallel.mesh import must_block_each_step, replicated, row_sharded, shard_rows
+from usae_jax.train.checkpoint import Checkpointer
+from usae_jax.train.metrics import dead_fraction, evaluate
+from usae_jax.train.optim import make_optimizer, schedule_for
+from usae_jax.train.plots import plot_r2_matrix, plot_training_curves
+from usae_jax.train.state import TrainState, create_train_state
+from usae_jax.train.steps import (
     UNSHARDED,
     draw_source,
     make_all_sources_step,
     make_source_step,
 )
-from usae_jax.writers import JsonlWriter, read_jsonl
+from usae_jax.train.writers import JsonlWriter, read_jsonl
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,7 +71,7 @@ class StepRunner:
         batch_sharding = row_sharded(mesh)
         ops = sharded_ops(mesh)
         if usae.architecture == "sparc":  # every stream every step, local or global TopK
-            from usae_jax.sparc import make_sparc_step
+            from usae_jax.model.sparc import make_sparc_step
 
             if ops is not UNSHARDED:
                 raise ValueError("SPARC steps do not support concept_parallel > 1 yet")

@@ -6,7 +6,7 @@ concept space. Shapes: ``B`` rows (items), ``d_s`` width of stream ``s``, ``n`` 
 kept concepts, ``M`` streams.
 
 * Stream encoders are affine, ``h_s = x_s @ W_s + b_s`` (no BatchNorm; the parameters carry no
-  ``"batchnorm"`` entry, see :func:`usae_jax.usae.params.init_params`).
+  ``"batchnorm"`` entry, see :func:`usae_jax.model.params.init_params`).
 * **Global TopK** (``USAEConfig.sparsity == "global_topk"``): ``k`` indices per row are picked
   once from ``sum_s h_s`` and every stream keeps its own ``relu(h_s)`` values on that shared
   support. **Local TopK** (``"local_topk"``): each stream keeps the top ``k`` of its own
@@ -17,7 +17,7 @@ kept concepts, ``M`` streams.
 
   with ``E`` the configured error (``"l2_auxk"``: mean squared error, ``"l1_auxk"``: mean
   absolute error), ``c = USAEConfig.aux_coefficient`` (1/32 in SPARC) and ``AuxK_s`` Gao et al.'s
-  dead-latent term on stream ``s``'s self-reconstruction residual (``usae_jax.losses``, rule
+  dead-latent term on stream ``s``'s self-reconstruction residual (``usae_jax.train.losses``, rule
   ``"dead_latents"``, dead = not fired in stream ``s`` for ``dead_after_tokens`` rows).
 
 The official SPARC code also learns a pre-bias per stream and uses a per-row normalised MSE; we
@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import optax
 
 from usae_jax.config import USAEConfig
-from usae_jax.losses import auxiliary_codes, reconstruction_loss
-from usae_jax.train_state import TrainState
-from usae_jax.train_step import StepMetrics, mean_l0, update_every_model, update_firing
-from usae_jax.usae.model import Encoded, decode_sparse, normalize_dictionary, top_k_codes
+from usae_jax.model.usae import Encoded, decode_sparse, normalize_dictionary, top_k_codes
+from usae_jax.train.losses import auxiliary_codes, reconstruction_loss
+from usae_jax.train.state import TrainState
+from usae_jax.train.steps import StepMetrics, mean_l0, update_every_model, update_firing
 
 
 def stream_logits(model_params: dict, x: jax.Array) -> jax.Array:

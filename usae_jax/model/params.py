@@ -7,7 +7,7 @@ Layout (one entry per model ``m`` of width ``d`` in a space of ``n`` concepts)::
                              "dictionary": [n, d]}}}
     batch_stats = {m: {"mean": [n], "var": [n], "count": []}}
 
-The dictionary is stored raw and used row-normalised (see :mod:`usae_jax.usae.model`). Everything
+The dictionary is stored raw and used row-normalised (see :mod:`usae_jax.model.usae`). Everything
 that a model's optimiser updates sits under ``params["models"][m]``; BatchNorm running statistics
 are not trained by gradients and live apart, in ``batch_stats``.
 """

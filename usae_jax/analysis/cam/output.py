@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from usae_jax.analysis.cam import CAMConfig, CAMResult
+from usae_jax.analysis.cam.optimize import CAMConfig, CAMResult
 
 
 def cam_report(result: CAMResult, config: CAMConfig) -> dict:

