@@ -17,8 +17,9 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from usae_jax.data.loader import StoreSource, prefetch_to_mesh
+from usae_jax.data.loader import StoreSource
 from usae_jax.data.store import write_store
+from usae_jax.parallel.prefetch import prefetch_to_mesh
 
 _STORE = flags.DEFINE_string("store", None, "Existing store directory (default: synthetic).")
 _ROWS = flags.DEFINE_integer("rows", 196 * 256, "Rows of the synthetic store.")

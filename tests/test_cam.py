@@ -95,7 +95,7 @@ def test_cam_raises_planted_concepts_in_every_model(setup, tmp_path, shared):
 def test_reader_matches_library_encoding(setup):
     """The differentiable reader equals extraction + standardisation + the library encoder."""
     from usae_jax.data.extract import make_token_fn
-    from usae_jax.train.metrics import encode_eval
+    from usae_jax.model.usae import encode_eval
 
     models, usae, params, stats, _ = setup
     images = jax.random.uniform(jax.random.key(2), (2, 1, 32, 32, 3))

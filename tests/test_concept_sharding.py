@@ -10,14 +10,15 @@ from jax.sharding import NamedSharding, PartitionSpec
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
 from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
 from usae_jax.model.usae import decode_sparse, top_k_codes
-from usae_jax.parallel.concept import create_mesh_2d, sharded_decode, two_stage_top_k
+from usae_jax.parallel.concept import sharded_decode, two_stage_top_k
+from usae_jax.parallel.mesh import create_mesh
 from usae_jax.train.loop import train
 
 PLANTED = PlantedConfig(widths=(12, 8, 16), num_shared=6, num_specific=3, rows=512, seed=2)
 
 
 def test_two_stage_top_k_and_decode_equal_unsharded():
-    mesh = create_mesh_2d(2, 4)
+    mesh = create_mesh(2, 4)
     rng = np.random.default_rng(0)
     activations = jnp.asarray(rng.random((16, 64)), jnp.float32)
     sharded = jax.device_put(activations, NamedSharding(mesh, PartitionSpec("data", "model")))

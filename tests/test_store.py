@@ -9,8 +9,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from usae_jax.data import store as st
-from usae_jax.data.loader import StoreSource, prefetch_to_mesh
+from usae_jax.data.loader import StoreSource
 from usae_jax.data.source import ArraySource, PairedSource
+from usae_jax.parallel.prefetch import prefetch_to_mesh
 
 GRID = (2, 3)
 

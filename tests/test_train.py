@@ -12,16 +12,14 @@ import pytest
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
 from usae_jax.data.source import ArraySource
 from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
-from usae_jax.parallel.concept import state_shardings
-from usae_jax.parallel.mesh import shard_rows
+from usae_jax.parallel.mesh import make_training_mesh, shard_rows, state_shardings
 from usae_jax.train.checkpoint import CheckpointError
 from usae_jax.train.loop import (
     NonFiniteLossError,
     StepRunner,
-    build_optimizers,
-    make_training_mesh,
     train,
 )
+from usae_jax.train.optim import build_optimizers
 from usae_jax.train.state import create_train_state
 from usae_jax.train.writers import read_jsonl
 
@@ -164,7 +162,7 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(planted, tmp_path):
     with pytest.raises(CheckpointError, match="different configuration"):
         train(dataclasses.replace(config, seed=5), tmp_path, planted.source())
     assert (tmp_path / "config.json").read_text() == written  # the run's record is kept
-    for root, _, files in os.walk(tmp_path / "checkpoints" / "2" / "state"):
+    for root, _, files in os.walk(tmp_path / "checkpoints" / "2" / "model"):
         for file in files:
             with open(os.path.join(root, file), "r+b") as handle:
                 handle.truncate(3)

@@ -16,7 +16,7 @@ import numpy as np
 
 from usae_jax.analysis.statistics import ConceptStatistics, RowSource
 from usae_jax.config import USAEConfig
-from usae_jax.train.metrics import encode_eval
+from usae_jax.model.usae import encode_eval
 
 
 def top_examples(statistics: ConceptStatistics, concept: int, count: int | None = None) -> dict:

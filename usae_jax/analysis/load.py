@@ -1,5 +1,5 @@
-"""A trained USAE as the analysis tools need it: restored parameters, the store's
-standardisation, and concepts ranked by energy."""
+"""A trained USAE as the analysis tools need it: restored parameters (:func:`load_run`, the one
+restore path), the store's standardisation, and concepts ranked by energy."""
 
 from __future__ import annotations
 
@@ -12,29 +12,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import TrainConfig, USAEConfig, train_config_from_dict
-from usae_jax.data.store import read_manifest
-from usae_jax.model.usae import normalize_dictionary
+from usae_jax.data.loader import StoreSource
+from usae_jax.data.store import Store, read_manifest
+from usae_jax.model.usae import encode_eval, normalize_dictionary
 from usae_jax.train.checkpoint import Checkpointer
-from usae_jax.train.loop import build_optimizers
-from usae_jax.train.metrics import encode_eval
-from usae_jax.train.state import create_train_state
 
 
-def load_trained_usae(workdir: str | os.PathLike, step: int | None = None):
-    """``(config, params, batch_stats, step)`` from a training workdir (``config.json`` plus the
-    orbax checkpoint of ``step``, default the newest). Arrays come back on the host."""
+def load_run(workdir: str | os.PathLike, step: int | None = None):
+    """``(config, params, batch_stats, step)`` of a training workdir: the one restore path of
+    every analysis. Reads ``config.json`` and the checkpoint of ``step`` (default: the newest)
+    without building an optimiser or a train state; arrays come back on the host as numpy.
+    Checkpoints of the layout before the parameter/optimiser split are read too."""
     with open(os.path.join(os.fspath(workdir), "config.json")) as handle:
         config_json = json.load(handle)
     config: TrainConfig = train_config_from_dict(config_json)
-    # The optimiser's hyper-parameters do not change its state's shapes; any horizon will do.
-    optimizers, _ = build_optimizers(config, total_steps=2, steps_per_epoch=1)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config_json)
     try:
-        state, meta = checkpointer.restore(create_train_state(config, optimizers), step)
+        model, meta = checkpointer.restore_model(step)
     finally:
         checkpointer.close()
-    params, stats = jax.device_get((state.params, state.batch_stats))
-    return config, params, stats, int(meta["step"])
+    return config, model["params"], model["batch_stats"], int(meta["step"])
 
 
 def store_context(store_dir: str | os.PathLike) -> dict:
@@ -74,3 +71,12 @@ def concept_energy(usae: USAEConfig, params: dict, stats: dict, batch: dict) -> 
 def most_energetic(energy: np.ndarray, count: int) -> list[int]:
     """Ids of the ``count`` concepts with the largest energy, largest first."""
     return [int(i) for i in np.argsort(-np.asarray(energy))[:count]]
+
+
+def top_energy_concepts(
+    usae: USAEConfig, params: dict, stats: dict, store_dir: str | os.PathLike, rows: int, count: int
+) -> list[int]:
+    """The ``count`` most energetic concepts on the first batch of ``rows`` store rows (the
+    standardised batch of step 0, seed 0), largest first."""
+    batch = StoreSource(Store(store_dir, verify=False)).batch(0, rows, 0)
+    return most_energetic(concept_energy(usae, params, stats, batch), count)

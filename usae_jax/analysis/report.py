@@ -12,7 +12,6 @@ import os
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from usae_jax.analysis import figures
@@ -24,17 +23,14 @@ from usae_jax.analysis.baseline import (
 )
 from usae_jax.analysis.controls import ControlConfig, run_controls, universality_summary
 from usae_jax.analysis.examples import ImageTokens, concept_heatmap, top_examples, top_images
+from usae_jax.analysis.load import load_run
 from usae_jax.analysis.markdown import render_report
 from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics, statistics_summary
-from usae_jax.config import TrainConfig, to_dict, train_config_from_dict
 from usae_jax.data.source import ArraySource
 from usae_jax.data.synthetic.planted import PlantedData
 from usae_jax.model.usae import normalize_dictionary
-from usae_jax.train.checkpoint import Checkpointer
-from usae_jax.train.loop import build_optimizers
 from usae_jax.train.metrics import mean_max_cosine
 from usae_jax.train.plots import plot_r2_matrix
-from usae_jax.train.state import create_train_state
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -69,25 +65,6 @@ class AnalysisConfig:
             raise ValueError(f"universal_entropy={self.universal_entropy!r}: must be in [0, 1]")
         if self.num_example_concepts < 0:
             raise ValueError(f"num_example_concepts={self.num_example_concepts!r}: must be >= 0")
-
-
-def load_run(workdir: str | os.PathLike, num_rows: int) -> tuple[TrainConfig, dict, dict, int]:
-    """``(config, params, batch_stats, step)`` of the newest checkpoint in ``workdir``.
-
-    ``num_rows`` is the training source's row count (it sets the optimiser schedule's shape,
-    which the restore target needs).
-    """
-    with open(os.path.join(workdir, "config.json")) as handle:
-        config = train_config_from_dict(json.load(handle))
-    total = config.total_steps(num_rows)
-    optimizers, _ = build_optimizers(config, total, max(1, num_rows // config.batch_rows))
-    checkpointer = Checkpointer(workdir, config.keep_checkpoints, to_dict(config))
-    try:
-        state, meta = checkpointer.restore(create_train_state(config, optimizers))
-    finally:
-        checkpointer.close()
-    params, stats = jax.device_get((state.params, state.batch_stats))
-    return config, params, stats, int(meta["step"])
 
 
 def _rounded(values: np.ndarray) -> list:
@@ -168,7 +145,7 @@ def analyze(
     out = Path(out_dir or os.path.join(workdir, "analysis"))
     out.mkdir(parents=True, exist_ok=True)
     source = ArraySource(arrays)
-    config, params, stats, step = load_run(workdir, source.num_rows)
+    config, params, stats, step = load_run(workdir)
     names = config.usae.model_names
     statistics = compute_statistics(config.usae, params, stats, source, analysis.statistics)
     entropy = uni.firing_entropy(statistics.fire_counts)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import USAEConfig
-from usae_jax.model.usae import normalize_dictionary
-from usae_jax.train.metrics import encode_eval, evaluate
+from usae_jax.model.usae import encode_eval, normalize_dictionary
+from usae_jax.train.metrics import evaluate
 
 
 class RowSource(Protocol):

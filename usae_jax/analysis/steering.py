@@ -27,8 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import USAEConfig
-from usae_jax.model.usae import decode, normalize_dictionary
-from usae_jax.train.metrics import encode_eval
+from usae_jax.model.usae import decode, encode_eval, normalize_dictionary
 
 
 class SearchResult(NamedTuple):

@@ -26,23 +26,17 @@ keep the spec's plain affine encoder and the library's mean errors (a stated dep
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
-import optax
 
 from usae_jax.config import USAEConfig
-from usae_jax.model.usae import Encoded, decode_sparse, normalize_dictionary, top_k_codes
-from usae_jax.train.losses import auxiliary_codes, reconstruction_loss
-from usae_jax.train.state import TrainState
-from usae_jax.train.steps import StepMetrics, mean_l0, update_every_model, update_firing
+from usae_jax.model.usae import Encoded, affine, top_k_codes
 
 
-def stream_logits(model_params: dict, x: jax.Array) -> jax.Array:
-    """Affine stream encoder ``x @ W + b``: ``[B, d] -> [B, n]``."""
-    encoder = model_params["encoder"]
-    return x @ encoder["kernel"] + encoder["bias"]
+def stream_logits(model_params: dict, x: jax.Array, compute_dtype=jnp.float32) -> jax.Array:
+    """Affine stream encoder ``x @ W + b``: ``[B, d] -> [B, n]`` (the USAE encoder's
+    :func:`~usae_jax.model.usae.affine`, without the BatchNorm)."""
+    return affine(model_params, x, compute_dtype)
 
 
 def global_top_k(logits: dict[str, jax.Array], k: int) -> dict[str, Encoded]:
@@ -85,100 +79,11 @@ def encode_streams(
     ``sparsity`` overrides ``usae.sparsity`` ("local_topk" evaluates a global-TopK model with
     per-stream supports, the fair setting for cross-stream retrieval).
     """
-    logits = {name: stream_logits(models[name], batch[name]) for name in usae.model_names}
+    dtype = jnp.dtype(usae.compute_dtype)
+    logits = {name: stream_logits(models[name], batch[name], dtype) for name in usae.model_names}
     rule = usae.sparsity if sparsity is None else sparsity
     if rule == "global_topk":
         return global_top_k(logits, usae.top_k)
     if rule == "local_topk":
         return local_top_k(logits, usae.top_k)
     raise ValueError(f"unknown sparsity {rule!r}: 'local_topk' or 'global_topk'")
-
-
-def _error(x: jax.Array, x_hat: jax.Array, kind: str) -> jax.Array:
-    difference = x - x_hat
-    return jnp.mean(jnp.abs(difference) if kind == "l1_auxk" else jnp.square(difference))
-
-
-def sparc_loss_matrix(
-    usae: USAEConfig,
-    models: dict,
-    encoded: dict[str, Encoded],
-    dead_masks: dict[str, jax.Array],
-    batch: dict[str, jax.Array],
-) -> jax.Array:
-    """The SPARC loss terms as an ``[M, M]`` matrix (row = encoded stream, column = target).
-
-    Entry ``(s, s)`` is the self reconstruction error plus ``c * AuxK_s``; entry ``(s, t)`` the
-    error of decoding stream ``s``'s code with ``t``'s dictionary against ``x_t``. The SPARC loss
-    is the sum of all entries.
-
-    Args:
-      encoded: ``{stream: Encoded}`` from :func:`encode_streams`.
-      dead_masks: ``{stream: [n] bool}`` dead concepts of each stream.
-      batch: ``{stream: [B, d_s]}`` targets.
-    """
-    names = usae.model_names
-    units = {name: normalize_dictionary(models[name]["dictionary"]) for name in names}
-    rows = []
-    for source in names:
-        enc = encoded[source]
-        row = []
-        for target in names:
-            x_hat = decode_sparse(enc.top_values, enc.top_indices, units[target])
-            if target == source:
-                aux = auxiliary_codes(
-                    enc.pre_codes,
-                    enc.codes,
-                    rule="dead_latents",
-                    dead_mask=dead_masks[source],
-                    dead_k_aux=usae.dead_k_aux,
-                )
-                row.append(
-                    reconstruction_loss(
-                        batch[target],
-                        x_hat,
-                        aux,
-                        units[target],
-                        kind=usae.loss,
-                        aux_rule="dead_latents",
-                        coefficient=usae.aux_coefficient,
-                    )
-                )
-            else:
-                row.append(_error(batch[target], x_hat, usae.loss))
-        rows.append(jnp.stack(row))
-    return jnp.stack(rows)
-
-
-def make_sparc_step(
-    usae: USAEConfig, optimizers: dict[str, optax.GradientTransformation]
-) -> Callable[[TrainState, dict], tuple[TrainState, StepMetrics]]:
-    """The SPARC training step (pure; jit it): every stream encoded, every stream updated.
-
-    ``StepMetrics.target_losses`` ``[M]`` sums the loss matrix's columns (the terms decoded into
-    each stream); ``l0`` is the mean count of non-zero codes per row and stream (at most ``k``).
-    """
-    names = usae.model_names
-
-    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, StepMetrics]:
-        dead = {n: state.tokens_since_fired[n] >= usae.dead_after_tokens for n in names}
-
-        def loss_fn(models):
-            encoded = encode_streams(usae, models, batch)
-            matrix = sparc_loss_matrix(usae, models, encoded, dead, batch)
-            return jnp.sum(matrix), (matrix, {n: encoded[n].codes for n in names})
-
-        models = state.params["models"]
-        grads, (matrix, codes) = jax.grad(loss_fn, has_aux=True)(models)
-        new_models, new_opt = update_every_model(optimizers, grads, state.opt_states, models)
-        new_state = state.replace(
-            step=state.step + 1,
-            params={**state.params, "models": new_models},
-            opt_states=new_opt,
-            tokens_since_fired={
-                n: update_firing(state.tokens_since_fired[n], codes[n]) for n in names
-            },
-        )
-        return new_state, StepMetrics(jnp.sum(matrix), jnp.sum(matrix, axis=0), mean_l0(codes))
-
-    return step

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from usae_jax.config import USAEConfig
+
 DICTIONARY_EPS = 1e-8
 """Added to each dictionary row's norm before dividing (official value)."""
 
@@ -96,7 +98,8 @@ def encode(
     """Encode ``x`` ``[B, d]`` with one model's encoder; returns ``(Encoded, new stats)``.
 
     ``top_k_fn(activations, k) -> (dense, values, indices)`` replaces :func:`top_k_codes`, e.g.
-    by the two-stage selection of :mod:`usae_jax.parallel.concept`.
+    by the two-stage selection of :mod:`usae_jax.parallel.concept` (see
+    :class:`usae_jax.model.sparse_ops.SparseOps`).
     """
     pre_codes, new_stats = pre_activations(
         model_params,
@@ -111,6 +114,24 @@ def encode(
     return Encoded(pre_codes, codes, values, indices), new_stats
 
 
+def affine(model_params: dict, x: jax.Array, compute_dtype=jnp.float32) -> jax.Array:
+    """The encoder's affine map ``x @ W + b``: ``[B, d] -> [B, n]`` (float32 result).
+
+    ``compute_dtype=jnp.bfloat16`` runs the product on bfloat16 inputs with float32
+    accumulation; the bias and everything after stay float32.
+    """
+    encoder = model_params["encoder"]
+    kernel = encoder["kernel"]
+    return (
+        jnp.matmul(
+            x.astype(compute_dtype),
+            kernel.astype(compute_dtype),
+            preferred_element_type=jnp.float32,
+        )
+        + encoder["bias"]
+    )
+
+
 def pre_activations(
     model_params: dict,
     stats: dict,
@@ -123,23 +144,9 @@ def pre_activations(
 ) -> tuple[jax.Array, dict]:
     """``BatchNorm(x @ W + b)``: ``[B, d] -> [B, n]``, plus the new BatchNorm statistics.
 
-    ``compute_dtype=jnp.bfloat16`` runs the product on bfloat16 inputs with float32
-    accumulation; parameters, BatchNorm and everything after stay float32. Parameters without a
-    ``"batchnorm"`` entry (SPARC's affine stream encoders) give the affine ``x @ W + b`` and
-    return ``stats`` unchanged.
+    ``compute_dtype`` as in :func:`affine`; BatchNorm and everything after stay float32.
     """
-    encoder = model_params["encoder"]
-    kernel = encoder["kernel"]
-    h = (
-        jnp.matmul(
-            x.astype(compute_dtype),
-            kernel.astype(compute_dtype),
-            preferred_element_type=jnp.float32,
-        )
-        + encoder["bias"]
-    )
-    if "batchnorm" not in model_params:
-        return h, stats
+    h = affine(model_params, x, compute_dtype)
     return batchnorm(model_params["batchnorm"], stats, h, train=train, momentum=momentum, eps=eps)
 
 
@@ -172,3 +179,20 @@ def decode_sparse(values: jax.Array, indices: jax.Array, unit_dictionary: jax.Ar
 def decode(encoded: Encoded, dictionary: jax.Array) -> jax.Array:
     """Reconstruct one model's activations ``[B, d]`` from an encoding and its raw dictionary."""
     return decode_sparse(encoded.top_values, encoded.top_indices, normalize_dictionary(dictionary))
+
+
+def encode_eval(usae: USAEConfig, model_params: dict, stats: dict, x: jax.Array) -> Encoded:
+    """Encode one model's rows ``x`` ``[B, d]`` in eval mode (running BatchNorm statistics).
+
+    Evaluation runs in float32 whatever ``usae.compute_dtype`` says.
+    """
+    encoded, _ = encode(
+        model_params,
+        stats,
+        x,
+        top_k=usae.top_k,
+        train=False,
+        momentum=usae.batchnorm_momentum,
+        eps=usae.batchnorm_eps,
+    )
+    return encoded

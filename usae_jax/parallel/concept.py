@@ -1,4 +1,4 @@
-"""Splitting the concept axis over devices: a ``("data", "model")`` mesh for big dictionaries.
+"""Splitting the concept axis over devices: TopK in two stages and a sharded decode.
 
 Every model's encoder kernel ``[d, n]``, BatchNorm parameters and statistics ``[n]``, dictionary
 ``[n, d]`` and their AdamW moments are split along the ``n`` concepts over the ``"model"`` axis;
@@ -22,46 +22,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
-from usae_jax.train.steps import UNSHARDED, SparseOps
-
-DATA, MODEL = "data", "model"
-
-
-def create_mesh_2d(data_parallel: int, concept_parallel: int) -> Mesh:
-    """A ``("data", "model")`` mesh over the first ``data_parallel * concept_parallel`` devices."""
-    devices = jax.devices()
-    count = data_parallel * concept_parallel
-    if count > len(devices):
-        raise ValueError(
-            f"data_parallel x concept_parallel = {count} but only {len(devices)} devices exist"
-        )
-    return jax.make_mesh(
-        (data_parallel, concept_parallel),
-        (DATA, MODEL),
-        axis_types=(AxisType.Auto, AxisType.Auto),
-        devices=devices[:count],
-    )
-
-
-def _spec_for(path, leaf, num_concepts: int) -> PartitionSpec:
-    names = [getattr(key, "key", getattr(key, "name", None)) for key in path]
-    shape = getattr(leaf, "shape", ())
-    if "dictionary" in names and len(shape) == 2:
-        return PartitionSpec(MODEL, None)
-    if "kernel" in names and len(shape) == 2:
-        return PartitionSpec(None, MODEL)
-    if len(shape) == 1 and shape[0] == num_concepts:
-        return PartitionSpec(MODEL)
-    return PartitionSpec()
-
-
-def state_shardings(state, mesh: Mesh, num_concepts: int):
-    """A pytree of ``NamedSharding`` for a train state (or any tree of USAE arrays)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: NamedSharding(mesh, _spec_for(path, leaf, num_concepts)), state
-    )
+from usae_jax.model.sparse_ops import UNSHARDED, SparseOps
+from usae_jax.parallel.mesh import DATA, MODEL
 
 
 def two_stage_top_k(mesh: Mesh):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from usae_jax.data.source import epoch_rows
+
 
 def initialize(coordinator: str | None, num_processes: int, process_id: int) -> None:
     """Connect this process to the others; a no-op for a single process.
@@ -63,7 +65,5 @@ class ProcessShare:
     def batch(self, step: int, batch_rows: int, seed: int) -> dict[str, np.ndarray]:
         if jax.process_count() == 1:
             return self.source.batch(step, batch_rows, seed)
-        from usae_jax.data.source import epoch_rows
-
         indices = epoch_rows(self.source.num_rows, step, batch_rows, seed)
         return self.source.rows(process_rows(indices))

@@ -1,15 +1,65 @@
-"""Device meshes and shardings for data-parallel training.
+"""The device mesh of every run, its axis names, and the shardings of states and batches.
 
-Parameters and optimiser states are replicated; every batch is split along its rows over the
-mesh's ``"data"`` axis. Under ``jit`` the BatchNorm batch statistics are then means over the
-global batch (XLA inserts the all-reduce), identical to the single-device result.
+The mesh is ``("data", "model")``: batches are split along rows over ``"data"``; with
+``concept_parallel > 1`` encoders, dictionaries, BatchNorm vectors and their optimiser moments
+are split along the concepts over ``"model"`` (:func:`state_shardings`), otherwise replicated.
+Under ``jit`` the BatchNorm batch statistics are means over the global batch (XLA inserts the
+all-reduce), identical to the single-device result. The axis names are defined here only.
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from usae_jax.config import TrainConfig
+
+DATA, MODEL = "data", "model"
+
+
+def create_mesh(data_parallel: int, concept_parallel: int) -> Mesh:
+    """A ``("data", "model")`` mesh over the first ``data_parallel * concept_parallel`` devices."""
+    devices = jax.devices()
+    count = data_parallel * concept_parallel
+    if count > len(devices):
+        raise ValueError(
+            f"data_parallel x concept_parallel = {count} but only {len(devices)} devices exist"
+        )
+    return jax.make_mesh(
+        (data_parallel, concept_parallel),
+        (DATA, MODEL),
+        axis_types=(AxisType.Auto, AxisType.Auto),
+        devices=devices[:count],
+    )
+
+
+def make_training_mesh(config: TrainConfig) -> Mesh:
+    """The ``("data", "model")`` mesh of a run (``"model"`` has size ``concept_parallel``;
+    ``"data"`` defaults to every remaining device)."""
+    data = config.data_parallel
+    if data is None:
+        data = max(1, jax.device_count() // config.concept_parallel)
+    return create_mesh(data, config.concept_parallel)
+
+
+def _spec_for(path, leaf, num_concepts: int) -> PartitionSpec:
+    names = [getattr(key, "key", getattr(key, "name", None)) for key in path]
+    shape = getattr(leaf, "shape", ())
+    if "dictionary" in names and len(shape) == 2:
+        return PartitionSpec(MODEL, None)
+    if "kernel" in names and len(shape) == 2:
+        return PartitionSpec(None, MODEL)
+    if len(shape) == 1 and shape[0] == num_concepts:
+        return PartitionSpec(MODEL)
+    return PartitionSpec()
+
+
+def state_shardings(state, mesh: Mesh, num_concepts: int):
+    """A pytree of ``NamedSharding`` for a train state (or any tree of USAE arrays)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: NamedSharding(mesh, _spec_for(path, leaf, num_concepts)), state
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -19,7 +69,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def row_sharded(mesh: Mesh) -> NamedSharding:
     """Rows (axis 0) split over ``"data"``; other axes whole (replicated over ``"model"``)."""
-    return NamedSharding(mesh, PartitionSpec("data"))
+    return NamedSharding(mesh, PartitionSpec(DATA))
 
 
 def shard_rows(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

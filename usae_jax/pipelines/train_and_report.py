@@ -10,9 +10,10 @@ import numpy as np
 
 from usae_jax.config import TrainConfig
 from usae_jax.data.source import PairedSource
-from usae_jax.data.synthetic.planted import PlantedData, recovery
+from usae_jax.data.synthetic.planted import PlantedData
 from usae_jax.model.interop import export_safetensors
 from usae_jax.train.loop import TrainResult, train
+from usae_jax.train.metrics import recovery
 
 
 def train_and_report(

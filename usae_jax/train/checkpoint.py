@@ -1,4 +1,10 @@
-"""Orbax checkpoints with auto-resume, plus a JSON record of the run's config beside them."""
+"""Orbax checkpoints with auto-resume, plus a JSON record of the run's config beside them.
+
+Each step is saved as three items: ``model`` (``{"params", "batch_stats"}``, all an analysis
+needs), ``train`` (``{"step", "opt_states", "tokens_since_fired"}``, what resuming adds) and
+``meta`` (JSON: the config and the step). Checkpoints written before this layout hold one
+``state`` item (the whole :class:`~usae_jax.train.state.TrainState`); both are read.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,13 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from usae_jax.config import training_identity
+
+MODEL_KEYS = ("params", "batch_stats")
+"""The fields of a train state saved in the ``model`` item."""
 
 
 class CheckpointError(RuntimeError):
@@ -41,14 +51,20 @@ class Checkpointer:
     def save(self, step: int, state, extra: dict | None = None) -> None:
         """Save ``state`` as step ``step`` and wait until it is on disk."""
         meta = {"config": self.config_json, "step": int(step), **(extra or {})}
+        model, train = _split(state)
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                model=ocp.args.StandardSave(model),
+                train=ocp.args.StandardSave(train),
+                meta=ocp.args.JsonSave(meta),
             ),
             force=True,
         )
         self._manager.wait_until_finished()
+
+    def _has_item(self, step: int, item: str) -> bool:
+        return os.path.isdir(os.path.join(self.directory, str(step), item))
 
     def restore(self, abstract_state, step: int | None = None):
         """Restore ``(state, meta)`` at ``step`` (default: latest) onto ``abstract_state``'s layout.
@@ -61,27 +77,61 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        try:
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-                ),
+        if self._has_item(step, "model"):
+            model, train = _split(target)
+            args = ocp.args.Composite(
+                model=ocp.args.StandardRestore(model),
+                train=ocp.args.StandardRestore(train),
+                meta=ocp.args.JsonRestore(),
             )
+        else:  # written before the model/train split
+            args = ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+            )
+        restored = self._restore(step, args)
+        meta = restored["meta"]
+        self._check_config(meta)
+        if "model" in restored:
+            return abstract_state.replace(**restored["model"], **restored["train"]), meta
+        return restored["state"], meta
+
+    def restore_model(self, step: int | None = None) -> tuple[dict, dict]:
+        """``({"params", "batch_stats"}, meta)`` of ``step`` (default: latest) as host numpy
+        arrays, without the optimiser state (for analysis: no optimiser needs to be built).
+        Reads checkpoints of both layouts; raises :class:`CheckpointError` as :meth:`restore`."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        item = "model" if self._has_item(step, "model") else "state"
+        target = _host_target(self._manager.item_metadata(step)[item])
+        restored = self._restore(
+            step,
+            ocp.args.Composite(
+                **{item: ocp.args.StandardRestore(target)}, meta=ocp.args.JsonRestore()
+            ),
+        )
+        self._check_config(restored["meta"])
+        tree = restored[item]
+        model = {key: jax.tree.map(np.asarray, tree[key]) for key in MODEL_KEYS}
+        return model, restored["meta"]
+
+    def _restore(self, step: int, args):
+        try:
+            return self._manager.restore(step, args=args)
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
             raise CheckpointError(
                 f"checkpoint of step {step} in {self.directory} is unreadable "
                 f"({type(err).__name__}: {err}). Delete that step's folder to fall back to an "
                 "earlier one, or use a fresh workdir."
             ) from err
-        meta = restored["meta"]
+
+    def _check_config(self, meta: dict) -> None:
         if not _same_training(meta.get("config"), self.config_json):
             raise CheckpointError(
                 f"checkpoint in {self.directory} was written by a different configuration; "
                 "use a fresh workdir or the same config.\n"
                 f"saved: {meta.get('config')}\ncurrent: {self.config_json}"
             )
-        return restored["state"], meta
 
     def close(self) -> None:
         self._manager.close()
@@ -96,3 +146,19 @@ def _same_training(saved: dict | None, current: dict) -> bool:
         return training_identity(saved) == training_identity(current)
     except (ValueError, TypeError, KeyError):
         return False
+
+
+def _split(state) -> tuple[dict, dict]:
+    """A train state (or its abstract tree) -> ``(model item, train item)`` dicts."""
+    fields = {field: getattr(state, field) for field in state.__dataclass_fields__}
+    model = {key: fields.pop(key) for key in MODEL_KEYS}
+    return model, fields
+
+
+def _host_target(metadata):
+    """A restore target on the first local device from an item's array metadata (the saved
+    shardings may name devices this process does not have)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), metadata
+    )

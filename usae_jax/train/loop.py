@@ -11,29 +11,32 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
 from usae_jax import config as config_lib
-from usae_jax.data.loader import prefetch_to_mesh
 from usae_jax.data.source import PairedSource, check_matches
-from usae_jax.parallel.concept import DATA, create_mesh_2d, sharded_ops, state_shardings
+from usae_jax.parallel.concept import sharded_ops
 from usae_jax.parallel.hosts import ProcessShare
-from usae_jax.parallel.mesh import must_block_each_step, replicated, row_sharded, shard_rows
+from usae_jax.parallel.mesh import (
+    DATA,
+    make_training_mesh,
+    must_block_each_step,
+    replicated,
+    row_sharded,
+    shard_rows,
+)
+from usae_jax.parallel.prefetch import prefetch_to_mesh
 from usae_jax.train.checkpoint import Checkpointer
 from usae_jax.train.metrics import dead_fraction, evaluate
-from usae_jax.train.optim import make_optimizer, schedule_for
+from usae_jax.train.optim import build_optimizers
 from usae_jax.train.plots import plot_r2_matrix, plot_training_curves
-from usae_jax.train.state import TrainState, create_train_state
-from usae_jax.train.steps import (
-    UNSHARDED,
-    draw_source,
-    make_all_sources_step,
-    make_source_step,
-)
-from usae_jax.train.writers import JsonlWriter, read_jsonl
+from usae_jax.train.state import TrainState, abstract_train_state, init_train_state
+from usae_jax.train.steps import make_steps
+from usae_jax.train.writers import MetricWriter, jsonl_writer, read_jsonl
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -67,21 +70,8 @@ class StepRunner:
         self.config = config
         self.mesh = mesh
         self.traces = 0
-        usae = config.usae
         batch_sharding = row_sharded(mesh)
-        ops = sharded_ops(mesh)
-        if usae.architecture == "sparc":  # every stream every step, local or global TopK
-            from usae_jax.model.sparc import make_sparc_step
-
-            if ops is not UNSHARDED:
-                raise ValueError("SPARC steps do not support concept_parallel > 1 yet")
-            bodies = {None: make_sparc_step(usae, optimizers)}
-        elif config.source_sampling == "all":
-            bodies = {None: make_all_sources_step(usae, optimizers, ops)}
-        else:
-            bodies = {
-                name: make_source_step(usae, optimizers, name, ops) for name in usae.model_names
-            }
+        self._plan = make_steps(config, optimizers, sharded_ops(mesh))
         self._steps = {
             key: jax.jit(
                 self._counted(body),
@@ -89,7 +79,7 @@ class StepRunner:
                 out_shardings=(state_sharding, replicated(mesh)),
                 donate_argnums=(0,),
             )
-            for key, body in bodies.items()
+            for key, body in self._plan.bodies.items()
         }
         self._block = must_block_each_step(mesh)
 
@@ -101,34 +91,14 @@ class StepRunner:
         return counted
 
     def source_of(self, step: int) -> str | None:
-        """The source model of ``step`` (None for "all" and for SPARC)."""
-        if self.config.source_sampling == "all" or self.config.usae.architecture == "sparc":
-            return None
-        names = self.config.usae.model_names
-        return names[draw_source(self.config.seed, step, len(names))]
+        """The source model of ``step`` (None when every model is encoded every step)."""
+        return self._plan.key_of(step)
 
     def __call__(self, state: TrainState, batch: dict, step: int):
         state, metrics = self._steps[self.source_of(step)](state, batch)
         if self._block:
             jax.block_until_ready(state)
         return state, metrics
-
-
-def make_training_mesh(config: config_lib.TrainConfig):
-    """The ``("data", "model")`` mesh of a run (``"model"`` has size ``concept_parallel``)."""
-    data = config.data_parallel
-    if data is None:
-        data = max(1, jax.device_count() // config.concept_parallel)
-    return create_mesh_2d(data, config.concept_parallel)
-
-
-def build_optimizers(config: config_lib.TrainConfig, total_steps: int, steps_per_epoch: int):
-    """One optimiser per model; warmup defaults to one epoch of steps."""
-    warmup = config.optim.warmup_steps
-    warmup = steps_per_epoch if warmup is None else warmup
-    schedule = schedule_for(config.optim, total_steps, warmup, config.usae.num_models)
-    optimizer = make_optimizer(config.optim, schedule)
-    return {name: optimizer for name in config.usae.model_names}, schedule
 
 
 def _check_finite(value: float, first_step: int, last_step: int) -> None:
@@ -146,12 +116,17 @@ def train(
     source: PairedSource,
     *,
     stop_after: int | None = None,
+    make_writer: Callable[[str, int], MetricWriter] = jsonl_writer,
+    plots: bool = True,
 ) -> TrainResult:
     """Train a USAE on ``source`` under ``config``, checkpointing into ``workdir``.
 
     Args:
       stop_after: stop (with a checkpoint) after this many total steps, as if interrupted;
         a later call resumes. For tests and preemptible jobs.
+      make_writer: ``make_writer(workdir, resume_step) -> MetricWriter`` for the metric
+        records (default: ``workdir/metrics.jsonl``; see :mod:`usae_jax.train.writers`).
+      plots: draw ``losses.png`` and ``r2_matrix.png`` at the end.
     """
     started = time.perf_counter()
     usae = config.usae
@@ -168,17 +143,20 @@ def train(
     optimizers, _ = build_optimizers(config, total_steps, steps_per_epoch)
     config_json = config_lib.to_dict(config)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config_json)
-    fresh = create_train_state(config, optimizers)
-    shardings = state_shardings(fresh, mesh, usae.num_concepts)
-    state = jax.device_put(fresh, shardings)
+    # Shapes first: a resume restores straight onto the sharded layout, a fresh run is
+    # initialised by one jitted program with those output shardings. Either way no device
+    # ever holds more than its shard of the state.
+    abstract, shardings = abstract_train_state(config, optimizers, mesh)
     if checkpointer.latest_step() is not None:
-        state, _ = checkpointer.restore(state)  # raises before anything in workdir is touched
+        state, _ = checkpointer.restore(abstract)  # raises before anything in workdir is touched
+    else:
+        state = init_train_state(config, optimizers, shardings)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as handle:
             json.dump(config_json, handle, indent=2)
     start = int(state.step)
     runner = StepRunner(config, optimizers, mesh, shardings)
-    writer = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
+    writer = make_writer(os.fspath(workdir), start)
     end = total_steps if stop_after is None else min(total_steps, stop_after)
 
     last_checked = start
@@ -229,9 +207,10 @@ def train(
         batches.close()
         bar.close()
 
-    final = final_report(config, workdir, source, state)
+    final = final_report(config, workdir, source, state, plots)
     final["steps"] = int(state.step)
     writer.write(int(state.step), {"final": final})
+    writer.close()
     checkpointer.close()
     return TrainResult(state, final, time.perf_counter() - started, runner.traces)
 
@@ -241,8 +220,11 @@ def eval_batch(config, source: PairedSource) -> dict:
     return source.batch(0, min(config.eval_rows, source.num_rows), config.seed + 1)
 
 
-def final_report(config, workdir, source: PairedSource, state: TrainState) -> dict:
-    """R² matrices (both centrings), L0 and dead fractions; writes ``r2_matrix.png``."""
+def final_report(
+    config, workdir, source: PairedSource, state: TrainState, plots: bool = True
+) -> dict:
+    """R² matrices (both centrings), L0 and dead fractions; with ``plots`` draws
+    ``r2_matrix.png`` and (from ``metrics.jsonl``, when written) ``losses.png``."""
     usae = config.usae
     batch = eval_batch(config, source)
     rows = len(next(iter(batch.values())))
@@ -257,8 +239,11 @@ def final_report(config, workdir, source: PairedSource, state: TrainState) -> di
         "dead_fraction": dead_fraction(tokens, steps_per_epoch * config.batch_rows),
         "eval_rows": rows,
     }
-    if jax.process_index() == 0:
-        records = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    if plots and jax.process_index() == 0:
+        records = []
+        if os.path.exists(metrics_path):
+            records = [r for r in read_jsonl(metrics_path) if "loss" in r]
         if records:
             plot_training_curves(records, usae.model_names, os.path.join(workdir, "losses.png"))
         plot_r2_matrix(

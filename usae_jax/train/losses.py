@@ -95,6 +95,12 @@ def _error(difference: jax.Array, kind: str) -> jax.Array:
     return jnp.abs(difference) if kind == "l1_auxk" else jnp.square(difference)
 
 
+def mean_error(difference: jax.Array, kind: str) -> jax.Array:
+    """Mean absolute (``"l1_auxk"``) or squared (``"l2_auxk"``) entry of ``difference`` (any
+    shape) -> scalar: the reconstruction error without the auxiliary term."""
+    return jnp.mean(_error(difference, kind))
+
+
 def reconstruction_loss(
     x: jax.Array,
     x_hat: jax.Array,

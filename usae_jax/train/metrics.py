@@ -13,21 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import USAEConfig
-from usae_jax.model.usae import Encoded, decode, encode
-
-
-def encode_eval(usae: USAEConfig, model_params: dict, stats: dict, x: jax.Array) -> Encoded:
-    """Encode ``x`` ``[B, d]`` in eval mode (running BatchNorm statistics)."""
-    encoded, _ = encode(
-        model_params,
-        stats,
-        x,
-        top_k=usae.top_k,
-        train=False,
-        momentum=usae.batchnorm_momentum,
-        eps=usae.batchnorm_eps,
-    )
-    return encoded
+from usae_jax.data.synthetic.planted import PlantedData
+from usae_jax.model.usae import decode, encode_eval
 
 
 def r_squared(x: jax.Array, x_hat: jax.Array, centring: str = "scalar") -> jax.Array:
@@ -89,3 +76,11 @@ def mean_max_cosine(dictionary: np.ndarray, directions: np.ndarray) -> float:
     atoms = dictionary / (np.linalg.norm(dictionary, axis=1, keepdims=True) + 1e-12)
     targets = directions / (np.linalg.norm(directions, axis=1, keepdims=True) + 1e-12)
     return float(np.mean(np.max(targets @ atoms.T, axis=1)))
+
+
+def recovery(params: dict, planted: PlantedData) -> dict[str, float]:
+    """Per model, mean over planted shared concepts of the best cosine with a dictionary row."""
+    return {
+        name: mean_max_cosine(np.asarray(params["models"][name]["dictionary"]), directions)
+        for name, directions in planted.shared_directions.items()
+    }

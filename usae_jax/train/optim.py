@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from usae_jax.config import OptimConfig
+from usae_jax.config import OptimConfig, TrainConfig
 
 
 def official_schedule(
@@ -107,3 +107,12 @@ def current_learning_rate(schedule: optax.Schedule, opt_state) -> jax.Array:
         if isinstance(leaf, optax.ScaleByScheduleState)
     ]
     return schedule(counts[0])
+
+
+def build_optimizers(config: TrainConfig, total_steps: int, steps_per_epoch: int):
+    """One optimiser per model; warmup defaults to one epoch of steps."""
+    warmup = config.optim.warmup_steps
+    warmup = steps_per_epoch if warmup is None else warmup
+    schedule = schedule_for(config.optim, total_steps, warmup, config.usae.num_models)
+    optimizer = make_optimizer(config.optim, schedule)
+    return {name: optimizer for name in config.usae.model_names}, schedule

@@ -1,4 +1,10 @@
-"""The training state pytree and its creation."""
+"""The training state pytree and its creation: shapes first, then a sharded init.
+
+:func:`abstract_train_state` traces the initialisation with ``jax.eval_shape`` (no memory) and
+attaches the mesh's shardings; :func:`init_train_state` runs it as one jitted program with
+those ``out_shardings``, so every device materialises only its shard (with concept sharding no
+device ever holds the whole state). A resume restores onto the abstract state directly.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from flax import struct
 
 from usae_jax.config import TrainConfig
 from usae_jax.model.params import init_params
+from usae_jax.parallel.mesh import state_shardings
 
 
 @struct.dataclass
@@ -48,3 +55,21 @@ def create_train_state(
         opt_states=opt_states,
         tokens_since_fired=tokens,
     )
+
+
+def abstract_train_state(config: TrainConfig, optimizers: dict, mesh):
+    """``(abstract state, shardings)``: the state's ``jax.ShapeDtypeStruct`` tree, each leaf
+    carrying its ``NamedSharding`` on ``mesh`` (a restore target), and the sharding tree."""
+    shapes = jax.eval_shape(lambda: create_train_state(config, optimizers))
+    shardings = state_shardings(shapes, mesh, config.usae.num_concepts)
+    abstract = jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        shapes,
+        shardings,
+    )
+    return abstract, shardings
+
+
+def init_train_state(config: TrainConfig, optimizers: dict, shardings) -> TrainState:
+    """A fresh state created directly in ``shardings`` (one jitted program, no host copy)."""
+    return jax.jit(lambda: create_train_state(config, optimizers), out_shardings=shardings)()

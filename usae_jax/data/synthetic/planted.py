@@ -14,7 +14,6 @@ import dataclasses
 import numpy as np
 
 from usae_jax.data.source import ArraySource
-from usae_jax.train.metrics import mean_max_cosine
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -112,11 +111,3 @@ def generate_planted(config: PlantedConfig) -> PlantedData:
         x = shared_codes @ shared[name] + own @ specific[name] + noise
         activations[name] = x.astype(np.float32)
     return PlantedData(activations, shared, specific, shared_codes)
-
-
-def recovery(params: dict, planted: PlantedData) -> dict[str, float]:
-    """Per model, mean over planted shared concepts of the best cosine with a dictionary row."""
-    return {
-        name: mean_max_cosine(np.asarray(params["models"][name]["dictionary"]), directions)
-        for name, directions in planted.shared_directions.items()
-    }
