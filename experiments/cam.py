@@ -10,18 +10,14 @@ Runtime (2 shared CPU cores, 128 steps, 224 px): about 210 s per concept with on
 model, 70 s with --shared_image alone (docs/cam_results.md, benchmarks/cam_time.py).
 """
 
-import json
 import time
 
-import numpy as np
 from absl import app, flags
 
-from usae_jax.analysis import load as trained
+from usae_jax.analysis import load
 from usae_jax.analysis.cam import optimize as cam
 from usae_jax.analysis.cam import output as cam_output
 from usae_jax.backbones.registry import load_backbone
-from usae_jax.data.loader import StoreSource
-from usae_jax.data.store import Store
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir of the USAE (config.json + checkpoints).")
@@ -42,22 +38,19 @@ flags.mark_flags_as_required(["workdir", "store"])
 
 def main(argv):
     del argv
-    config, params, stats, step = trained.load_trained_usae(FLAGS.workdir)
+    config, params, stats, step = load.load_run(FLAGS.workdir)
     usae = config.usae
-    context = trained.store_context(FLAGS.store)
+    context = load.store_context(FLAGS.store)
     specs = dict(item.split("=", 1) for item in FLAGS.backbone)
     backbones = {key: load_backbone(spec) for key, spec in specs.items()}
     models = [
         cam.CAMModel(name, backbones[m["backbone"]], m["layer"], m["mean"], m["std"])
         for name, m in ((n, context["models"][n]) for n in usae.model_names)
     ]
-    concepts = [int(c) for c in FLAGS.concepts]
-    if not concepts:
-        batch = StoreSource(Store(FLAGS.store, verify=False)).batch(0, FLAGS.energy_rows, 0)
-        energy = trained.concept_energy(usae, params, stats, batch)
-        concepts = trained.most_energetic(energy, FLAGS.top_energy)
-    variants = [False, True] if FLAGS.shared_image else [False]
-    for shared in variants:
+    concepts = [int(c) for c in FLAGS.concepts] or load.top_energy_concepts(
+        usae, params, stats, FLAGS.store, FLAGS.energy_rows, FLAGS.top_energy
+    )
+    for shared in [False, True] if FLAGS.shared_image else [False]:
         cam_config = cam.CAMConfig(
             steps=FLAGS.steps,
             image_size=FLAGS.image_size,
@@ -70,11 +63,7 @@ def main(argv):
         result = cam.run_cam(cam_config, models, usae, params, stats, context["grid"], concepts)
         out = FLAGS.out + ("_shared" if shared else "")
         title = f"CAM, USAE step {step}, {cam_config.steps} steps" + (", shared" if shared else "")
-        cam_output.save_cam_png(result, out + ".png", title=title)
-        np.savez_compressed(out + ".npz", images=result.images.astype(np.float16))
-        report = cam_output.cam_report(result, cam_config) | {"usae_step": step}
-        with open(out + ".json", "w") as handle:
-            json.dump(report, handle, indent=2)
+        report = cam_output.write_cam_outputs(result, cam_config, out, usae_step=step, title=title)
         print(f"{out}.png: {len(concepts)} concepts in {time.perf_counter() - tic:.0f} s")
         for row in report["concepts"]:
             print(row["concept"], {n: round(row[n]["final_pre"], 2) for n in usae.model_names})

@@ -38,9 +38,7 @@ def main(argv):
     )
     arrays = planted.activations
     config = sparc_run_config(
-        sparc.get_config,
-        arrays,
-        [a.shape[1] for a in arrays.values()],
+        sparc.get_config(),
         num_concepts=FLAGS.num_concepts,
         top_k=FLAGS.top_k,
         steps=FLAGS.steps,

@@ -56,7 +56,7 @@ def main(argv):
         seed=FLAGS.seed,
         model_path=FLAGS.model_path,
     )
-    report = run_sparc_text(config, FLAGS.workdir, sparc.get_config)
+    report = run_sparc_text(config, FLAGS.workdir, sparc.get_config())
     names = list(report["streams"])
     print(f"streams: {names} ({report['backbones'][names[-1]].get('weights', 'pretrained')})")
     print(f"sentences: {report['sentences']['count']}, e.g. {report['sentences']['examples'][0]!r}")

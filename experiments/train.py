@@ -12,6 +12,13 @@ import importlib
 
 from absl import app, flags, logging
 
+from usae_jax.config import replace_fields
+from usae_jax.data.loader import StoreSource
+from usae_jax.data.source import ArraySource
+from usae_jax.data.synthetic.planted import generate_planted
+from usae_jax.parallel.hosts import initialize
+from usae_jax.pipelines.train_and_report import format_summary, train_and_report
+
 flags.DEFINE_string(
     "workdir", "runs/default", "Directory for checkpoints, metrics, plots, exports."
 )
@@ -41,27 +48,23 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-    from usae_jax.config import replace_fields
-    from usae_jax.parallel.hosts import initialize
-
     initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-    from usae_jax.data.source import ArraySource
-    from usae_jax.data.synthetic.planted import generate_planted
-    from usae_jax.pipelines.train_and_report import format_summary, train_and_report
-
     module = importlib.import_module(f"experiments.configs.{FLAGS.config}")
     planted = None
     if FLAGS.store:
-        from usae_jax.data.loader import StoreSource
-
         source = StoreSource(FLAGS.store)
     elif FLAGS.npy:
         source = ArraySource.from_npy(dict(item.split("=", 1) for item in FLAGS.npy))
-    else:
+    elif hasattr(module, "get_planted"):
         planted = generate_planted(module.get_planted())
         source = planted.source()
+    else:
+        raise app.UsageError(
+            f"config {FLAGS.config!r} has no built-in data: pass --store=DIR (an activation "
+            "store from experiments/extract.py) or --npy=name=path.npy,..."
+        )
     config = replace_fields(
-        module.get_config(source.names, source.widths),
+        module.get_config(),
         num_steps=FLAGS.steps,
         learning_rate=FLAGS.learning_rate,
         batch_rows=FLAGS.batch_rows,
@@ -74,7 +77,7 @@ def main(argv):
     )
     print(f"training {source.names} on {source.num_rows} rows into {FLAGS.workdir}")
     _, summary = train_and_report(config, FLAGS.workdir, source, planted)
-    print(format_summary(config.usae.model_names, summary))
+    print(format_summary(source.names, summary))
     outputs = "r2_matrix.png, losses.png, metrics.jsonl, summary.json, export/"
     print(f"outputs in {FLAGS.workdir}: {outputs}")
 

@@ -14,6 +14,7 @@ PIL = pytest.importorskip("PIL.Image")
 import transformers as tf  # noqa: E402
 
 from usae_jax.backbones.registry import load_backbone  # noqa: E402
+from usae_jax.backbones.tokens import resample_grid  # noqa: E402
 from usae_jax.data import extract as ex  # noqa: E402
 from usae_jax.data import images  # noqa: E402
 from usae_jax.data.loader import StoreSource  # noqa: E402
@@ -51,7 +52,7 @@ def setup(tmp_path_factory):
 
 def test_resample_grid_matches_torch_bilinear():
     x = np.random.default_rng(0).normal(size=(2, 16, 16, 5)).astype(np.float32)
-    ours = ex.resample_grid(jax.numpy.asarray(x), (14, 14))
+    ours = resample_grid(jax.numpy.asarray(x), (14, 14))
     ref = torch.nn.functional.interpolate(
         torch.tensor(x).permute(0, 3, 1, 2), size=(14, 14), mode="bilinear", align_corners=False
     ).permute(0, 2, 3, 1)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from usae_jax.analysis import steering as transfer
+from usae_jax.backbones import blocks
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
 from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
 from usae_jax.train.loop import train
@@ -131,9 +132,9 @@ def test_block_runner_continues_the_forward_pass(tmp_path, family):
     backbone = load_backbone(f"hf:{tmp_path}")
     pixels = jax.random.normal(jax.random.key(0), (2, config.image_size, config.image_size, 3))
     hidden = backbone.apply(backbone.params, pixels, ("1", "3"))
-    run = transfer.make_block_runner(family, config, backbone.params)
+    run = blocks.make_block_runner(family, config, backbone.params)
     np.testing.assert_allclose(run(hidden["1"], 1, 3), hidden["3"], atol=1e-4)
-    carried = transfer.carry_edit(backbone, run, hidden["1"], 1, (1, 3), np.ones(16))
+    carried = blocks.carry_edit(backbone, run, hidden["1"], 1, (1, 3), np.ones(16))
     np.testing.assert_allclose(carried[3][0], hidden["3"], atol=1e-4)
     added = carried[1][1] - carried[1][0]
     assert np.allclose(added[:, backbone.num_prefix :], 1.0) and np.allclose(added[:, :1], 0.0)
@@ -170,7 +171,7 @@ def test_layer_edit_effects_on_a_tiny_dinov2(tmp_path):
     context = {"grid": (3, 3), "models": {n: {"mean": 0.0, "std": 1.0} for n in names}}
     pixels = jax.random.normal(jax.random.key(1), (2, 28, 28, 3))
     hidden = backbone.apply(backbone.params, pixels, ("1",))["1"]
-    run = transfer.make_block_runner("dinov2", config, backbone.params)
+    run = blocks.make_block_runner("dinov2", config, backbone.params)
     rows = transfer.layer_edit_effects(
         usae, params, stats, backbone, run, hidden, {"l1": 1, "l3": 3}, context, 2, 5.0
     )

@@ -26,11 +26,13 @@ def _require(condition: bool, field: str, value, why: str) -> None:
 class USAEConfig:
     """The universal sparse autoencoder: which models share the concept space, and how."""
 
-    model_names: tuple[str, ...]
-    """Names of the models whose activations share one concept space, e.g. ("siglip", "dino")."""
+    model_names: tuple[str, ...] = ()
+    """Names of the models whose activations share one concept space, e.g. ("siglip", "dino").
+    Empty in a recipe: :func:`bind_models` (called by the training loop) takes them from the
+    data source."""
 
-    widths: tuple[int, ...]
-    """Activation width d_m of each model, in the order of ``model_names``."""
+    widths: tuple[int, ...] = ()
+    """Activation width d_m of each model, in the order of ``model_names`` (bound with them)."""
 
     num_concepts: int = 6144
     """Number of concepts n (rows of every dictionary). The paper uses 8 x 768 = 6144."""
@@ -80,7 +82,6 @@ class USAEConfig:
     def __post_init__(self):
         object.__setattr__(self, "model_names", tuple(self.model_names))
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        _require(len(self.model_names) > 0, "model_names", self.model_names, "need >= 1 model")
         _require(
             len(set(self.model_names)) == len(self.model_names),
             "model_names",
@@ -131,6 +132,11 @@ class USAEConfig:
             self.sparsity,
             'global_topk encodes all streams jointly: it needs architecture="sparc"',
         )
+
+    @property
+    def is_bound(self) -> bool:
+        """Whether the models (names and widths) are set; see :func:`bind_models`."""
+        return len(self.model_names) > 0
 
     @property
     def num_models(self) -> int:
@@ -342,8 +348,27 @@ def training_identity(data: dict) -> dict:
     return {key: value for key, value in full.items() if key not in OPERATIONAL_FIELDS}
 
 
-_USAE_FIELDS = {field.name for field in dataclasses.fields(USAEConfig)}
-_OPTIM_FIELDS = {field.name for field in dataclasses.fields(OptimConfig)}
+def _field_names(cls) -> set[str]:
+    return {field.name for field in dataclasses.fields(cls)}
+
+
+def check_unique_fields(*classes) -> None:
+    """Raise ``TypeError`` if two of the config ``classes`` share a field name (other than the
+    fields that nest them): :func:`replace_fields` routes an override by its name alone."""
+    seen: dict[str, str] = {}
+    for cls in classes:
+        for name in _field_names(cls):
+            if name in seen:
+                raise TypeError(
+                    f"config field {name!r} is defined by both {seen[name]} and {cls.__name__}; "
+                    "replace_fields needs unique field names"
+                )
+            seen[name] = cls.__name__
+
+
+_USAE_FIELDS = _field_names(USAEConfig)
+_OPTIM_FIELDS = _field_names(OptimConfig)
+check_unique_fields(USAEConfig, OptimConfig, TrainConfig)
 
 
 def replace_fields(config: TrainConfig, **overrides) -> TrainConfig:
@@ -365,3 +390,25 @@ def replace_fields(config: TrainConfig, **overrides) -> TrainConfig:
         optim=dataclasses.replace(config.optim, **optim),
         **train,
     )
+
+
+def bind_models(config: TrainConfig, names, widths) -> TrainConfig:
+    """``config`` with the data source's models: sets ``model_names``/``widths`` of a recipe
+    that left them empty, or checks that a bound config names the same models and widths.
+
+    Raises ``ValueError`` naming the disagreement.
+    """
+    names, widths = tuple(names), tuple(int(w) for w in widths)
+    usae = config.usae
+    if not usae.is_bound:
+        return dataclasses.replace(
+            config, usae=dataclasses.replace(usae, model_names=names, widths=widths)
+        )
+    if usae.model_names != names:
+        raise ValueError(f"source models {names} do not match the config's {usae.model_names}")
+    for name, have, want in zip(names, widths, usae.widths, strict=True):
+        if have != want:
+            raise ValueError(
+                f"model {name!r}: activations have width {have} but the config says {want}"
+            )
+    return config

@@ -16,16 +16,10 @@ def get_planted() -> PlantedConfig:
     return PlantedConfig(rows=32768, seed=0)
 
 
-def get_config(names=None, widths=None) -> TrainConfig:
-    """The training config; ``names``/``widths`` default to the planted models'."""
-    planted = get_planted()
+def get_config() -> TrainConfig:
+    """The training recipe; model names and widths are bound from the data source."""
     return TrainConfig(
-        usae=USAEConfig(
-            model_names=tuple(names or planted.model_names),
-            widths=tuple(widths or planted.widths),
-            num_concepts=256,
-            top_k=8,
-        ),
+        usae=USAEConfig(num_concepts=256, top_k=8),
         # A higher learning rate than the paper's 3e-4: the run is 8000 short steps, not 30
         # epochs of ImageNet. Everything else is the official recipe.
         optim=OptimConfig(learning_rate=1e-2),

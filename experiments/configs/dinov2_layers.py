@@ -14,15 +14,10 @@ depth's representation the concepts of another depth carry.
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
 
 
-def get_config(names=None, widths=None) -> TrainConfig:
-    """4 x 384 concepts, k = 16; names/widths come from the store."""
+def get_config() -> TrainConfig:
+    """4 x 384 concepts, k = 16; model names and widths are bound from the store."""
     return TrainConfig(
-        usae=USAEConfig(
-            model_names=tuple(names or ("dinov2_l6", "dinov2_l9", "dinov2_l12")),
-            widths=tuple(widths or (384, 384, 384)),
-            num_concepts=1536,
-            top_k=16,
-        ),
+        usae=USAEConfig(num_concepts=1536, top_k=16),
         optim=OptimConfig(learning_rate=1e-3),
         batch_rows=2048,
         num_epochs=30,

@@ -9,15 +9,11 @@ Runtime: see README's scaling section (per-step time measured in benchmarks/RESU
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
 
 
-def get_config(names=None, widths=None) -> TrainConfig:
-    """Paper settings; ``names``/``widths`` default to (siglip, dinov2, vit) of 768/384/768."""
+def get_config() -> TrainConfig:
+    """Paper settings; the models (siglip, dinov2, vit of widths 768/384/768 in the paper) are
+    bound from the store."""
     return TrainConfig(
-        usae=USAEConfig(
-            model_names=tuple(names or ("siglip", "dinov2", "vit")),
-            widths=tuple(widths or (768, 384, 768)),
-            num_concepts=6144,
-            top_k=32,
-        ),
+        usae=USAEConfig(num_concepts=6144, top_k=32),
         optim=OptimConfig(learning_rate=3e-4, weight_decay=1e-5),
         batch_rows=6272,
         num_epochs=30,

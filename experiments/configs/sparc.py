@@ -3,15 +3,14 @@
 Launch (planted data, local vs global TopK): python -m experiments.sparc_planted
 Launch (real text streams): python -m experiments.sparc_text
 The paper's scale is k = 64 of 8192 concepts, batch 256, 50 epochs; ``get_config`` takes the
-sizes so the CPU runs can shrink them. Expected numbers: docs/sparc_results.md.
+sizes (not the data's shapes) so the CPU runs can shrink them.
+Expected numbers: docs/sparc_results.md.
 """
 
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
 
 
 def get_config(
-    names,
-    widths,
     *,
     num_concepts: int = 8192,
     top_k: int = 64,
@@ -19,11 +18,9 @@ def get_config(
     num_epochs: float | None = 50,
     num_steps: int | None = None,
 ) -> TrainConfig:
-    """The SPARC recipe for streams ``names`` of ``widths`` (set one of epochs or steps)."""
+    """The SPARC recipe (set one of epochs or steps); the streams are bound from the data."""
     return TrainConfig(
         usae=USAEConfig(
-            model_names=tuple(names),
-            widths=tuple(widths),
             num_concepts=num_concepts,
             top_k=top_k,
             architecture="sparc",

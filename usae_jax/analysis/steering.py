@@ -14,18 +14,19 @@ along ``D̂`` in standardised units is a step of ``alpha * sigma`` in raw units.
   :func:`steering_effect` reports as the prediction next to the measurement.
 * :func:`erase` / :func:`erasure_effect`: project ``D̂_B[c]`` out of B's activations; measure the
   concept's activation and the change of the USAE reconstruction.
-* :func:`make_block_runner`: edits at layer ``l`` of a transformers Flax ViT / DINOv2 backbone can
-  be carried on through blocks ``l+1 .. L`` (steer early, read later).
+* :func:`usae_jax.backbones.blocks.make_block_runner`: edits at layer ``l`` of a
+  transformers Flax ViT / DINOv2 backbone can be carried on through blocks ``l+1 .. L`` (steer early, read later).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from usae_jax.backbones.blocks import carry_edit
+from usae_jax.backbones.tokens import resample_grid
 from usae_jax.config import USAEConfig
 from usae_jax.model.usae import decode, encode_eval, normalize_dictionary
 
@@ -180,50 +181,9 @@ def erasure_effect(
     return edit_effect(usae, params["models"][model], stats[model], x, erase(x, direction))
 
 
-HF_LAYERS = {"vit": "FlaxViTLayer", "dinov2": "FlaxDinov2Layer"}
-
-
-def make_block_runner(model_type: str, hf_config, backbone_params: dict):
-    """``run(hidden [B, tokens, d], start, stop) -> hidden``: blocks ``start+1 .. stop`` of a
-    transformers Flax ViT or DINOv2 (``hidden`` = the output of block ``start``, all tokens,
-    class token first, as :meth:`VisionBackbone.apply` returns for layer ``str(start)``).
-
-    So an edit at layer ``start`` can be read at layer ``stop`` (``hidden_states[stop]``).
-    """
-    import importlib
-
-    if model_type not in HF_LAYERS:
-        raise ValueError(f"block runner supports {sorted(HF_LAYERS)}, not {model_type!r}")
-    module = importlib.import_module(f"transformers.models.{model_type}.modeling_flax_{model_type}")
-    layer = getattr(module, HF_LAYERS[model_type])(hf_config)
-    blocks = backbone_params["encoder"]["layer"]
-
-    def run(hidden, start: int, stop: int):
-        if not 0 <= start <= stop <= hf_config.num_hidden_layers:
-            raise ValueError(f"need 0 <= start <= stop <= {hf_config.num_hidden_layers}")
-        for index in range(start, stop):
-            hidden = layer.apply({"params": blocks[str(index)]}, hidden, True, False)[0]
-        return hidden
-
-    return jax.jit(run, static_argnums=(1, 2))
-
-
-def carry_edit(backbone, run_blocks, hidden, start: int, stops, delta) -> dict:
-    """Add ``delta`` (raw units, broadcastable to ``[B, tokens, d]``) to the patch tokens of
-    ``hidden`` ``[B, prefix + tokens, d]`` (layer ``start``, all tokens) and run the remaining
-    blocks: ``{stop: (before, after)}``, each ``[B, prefix + tokens, d]`` at layer ``stop``
-    (``hidden_states[stop]``). ``run_blocks`` comes from :func:`make_block_runner`."""
-    edited = hidden.at[:, backbone.num_prefix :].add(jnp.asarray(delta, hidden.dtype))
-    return {
-        stop: (run_blocks(hidden, start, stop), run_blocks(edited, start, stop)) for stop in stops
-    }
-
-
 def standardised_rows(backbone, tokens, grid, mean: float, std: float) -> np.ndarray:
     """All tokens ``[B, prefix + h * w, d]`` of one layer -> the rows the store holds for them:
     patch tokens resampled to ``grid`` as extraction does, standardised: ``[B * gh * gw, d]``."""
-    from usae_jax.data.extract import resample_grid
-
     h, w = backbone.grid
     patches = tokens[:, backbone.num_prefix :].reshape(tokens.shape[0], h, w, tokens.shape[-1])
     rows = resample_grid(patches.astype(jnp.float32), grid).reshape(-1, tokens.shape[-1])

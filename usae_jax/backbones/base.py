@@ -78,6 +78,9 @@ class VisionBackbone:
     """``forward(params, pixels [B, S, S, 3]) -> (hidden_states, last_hidden_state)``."""
     params: Any = dataclasses.field(repr=False)
     """The weights, a pytree of arrays."""
+    hf_config: Any = dataclasses.field(default=None, repr=False)
+    """The transformers config of the network when it was built from one (ViT / DINOv2 /
+    CLIP), else None; lets :mod:`usae_jax.backbones.blocks` run its remaining blocks."""
 
     def __post_init__(self):
         if self.image_size % self.patch_size:

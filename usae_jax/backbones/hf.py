@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import transformers as tf
 
-from usae_jax.backbones import base, weights
+from usae_jax.backbones import base, siglip, weights
 
 # model_type -> (Flax class, config class, mean, std, prefix tokens, params extraction never uses)
 VISION_FAMILIES = {
@@ -122,6 +122,7 @@ def vision_from_state_dict(
         std=tuple(std or dstd),
         forward=_vision_forward(model.module),
         params=params,
+        hf_config=config,
     )
 
 
@@ -137,8 +138,6 @@ def load_hf_vision(directory: str | os.PathLike, image_size: int | None = None):
     cfg = read_config(directory)
     model_type = cfg.get("model_type")
     if model_type in ("siglip_vision_model", "siglip"):
-        from usae_jax.backbones import siglip
-
         return siglip.load_siglip(directory)
     if model_type not in VISION_FAMILIES:
         raise ValueError(
@@ -163,7 +162,7 @@ def load_hf_vision(directory: str | os.PathLike, image_size: int | None = None):
     )
 
 
-def _text_forward(module, model_type, config):
+def text_forward(module, model_type, config):
     def forward(params, input_ids, attention_mask):
         positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         if model_type == "bert":
@@ -202,7 +201,34 @@ def load_hf_text(directory: str | os.PathLike, with_tokenizer: bool = True) -> b
         identity=weights.identity(path, format="hf", model_type=model_type),
         width=config.hidden_size,
         num_layers=config.num_hidden_layers,
-        forward=_text_forward(model.module, model_type, config),
+        forward=text_forward(model.module, model_type, config),
         params=params,
         tokenizer=tokenizer,
+    )
+
+
+def random_bert(
+    tokenizer_from: base.TextBackbone, hidden: int = 256, layers: int = 4, seed: int = 0
+) -> base.TextBackbone:
+    """A randomly initialised (NOT pretrained) BERT sharing ``tokenizer_from``'s tokenizer.
+
+    A control stream: a different network on the same sentences and the same token ids.
+    """
+    vocab = len(tokenizer_from.tokenizer)
+    config = tf.BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        intermediate_size=4 * hidden,
+    )
+    model = tf.FlaxBertModel(config, seed=seed)
+    return base.TextBackbone(
+        name="bert",
+        identity={"family": "bert", "weights": f"random init (seed {seed}), not pretrained"},
+        width=hidden,
+        num_layers=layers,
+        forward=text_forward(model.module, "bert", config),
+        params=model.params,
+        tokenizer=tokenizer_from.tokenizer,
     )

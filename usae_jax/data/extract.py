@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from usae_jax.backbones.base import VisionBackbone
+from usae_jax.backbones.tokens import resample_grid
 from usae_jax.data.images import ImageSource
 from usae_jax.data.source import Standardisation
 from usae_jax.data.store import ModelSpec, Store, StoreWriter
@@ -71,16 +72,6 @@ class ExtractConfig:
             raise ValueError("batch_images, chunk_images and stats_rows must be positive")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be positive, got {self.max_images}")
-
-
-def resample_grid(tokens: jax.Array, grid: Sequence[int]) -> jax.Array:
-    """``[B, h, w, C]`` -> ``[B, gh, gw, C]``: bilinear with half-pixel centres and no
-    antialiasing, i.e. ``torch.nn.functional.interpolate(mode="bilinear",
-    align_corners=False)``. Identity when the grids already agree."""
-    b, h, w, c = tokens.shape
-    if (h, w) == tuple(grid):
-        return tokens
-    return jax.image.resize(tokens, (b, *grid, c), "bilinear", antialias=False)
 
 
 def make_token_fn(backbone: VisionBackbone, layers: Sequence[str], grid: Sequence[int]):

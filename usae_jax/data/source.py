@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -158,14 +158,3 @@ class ArraySource:
 
     def batch(self, step: int, batch_rows: int, seed: int) -> dict[str, np.ndarray]:
         return self.rows(epoch_rows(self._rows, step, batch_rows, seed))
-
-
-def check_matches(source: PairedSource, names: Sequence[str], widths: Sequence[int]) -> None:
-    """Raise ``ValueError`` if the source's models or widths disagree with a config."""
-    if tuple(source.names) != tuple(names):
-        raise ValueError(f"source models {source.names} do not match the config's {tuple(names)}")
-    for name, have, want in zip(names, source.widths, widths, strict=True):
-        if have != want:
-            raise ValueError(
-                f"model {name!r}: activations have width {have} but the config says {want}"
-            )

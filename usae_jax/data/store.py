@@ -26,6 +26,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from usae_jax.data.source import Standardisation
+
 FORMAT = "usae_jax.store/1"
 MANIFEST = "manifest.json"
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -309,8 +311,6 @@ def write_store(
     meta: Mapping[str, Any] | None = None,
 ) -> Store:
     """Write in-memory ``{name: [images * h * w, width]}`` as a complete store (tests, tools)."""
-    from usae_jax.data.source import Standardisation
-
     specs = [ModelSpec(name=n, width=int(a.shape[1]), dtype=dtype) for n, a in arrays.items()]
     writer = StoreWriter(directory, specs, grid, meta or {})
     per = int(np.prod(grid))

@@ -138,37 +138,6 @@ def template_sentences(count: int, seed: int = 0) -> list[str]:
     return list(seen)
 
 
-def random_bert(
-    tokenizer_from: TextBackbone, hidden: int = 256, layers: int = 4, seed: int = 0
-) -> TextBackbone:
-    """A randomly initialised (NOT pretrained) BERT sharing ``tokenizer_from``'s tokenizer.
-
-    A control stream: a different network on the same sentences and the same token ids.
-    """
-    import transformers as tf
-
-    from usae_jax.backbones.hf import _text_forward
-
-    vocab = len(tokenizer_from.tokenizer)
-    config = tf.BertConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        intermediate_size=4 * hidden,
-    )
-    model = tf.FlaxBertModel(config, seed=seed)
-    return TextBackbone(
-        name="bert",
-        identity={"family": "bert", "weights": f"random init (seed {seed}), not pretrained"},
-        width=hidden,
-        num_layers=layers,
-        forward=_text_forward(model.module, "bert", config),
-        params=model.params,
-        tokenizer=tokenizer_from.tokenizer,
-    )
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class TextStream:
     """One stream of a paired text store."""

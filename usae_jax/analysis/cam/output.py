@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+
+import numpy as np
 
 from usae_jax.analysis.cam.optimize import CAMConfig, CAMResult
 
@@ -91,3 +94,16 @@ def save_cam_png(
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return shrink_png(path, max_bytes)
+
+
+def write_cam_outputs(
+    result: CAMResult, config: CAMConfig, prefix: str, *, usae_step: int, title: str
+) -> dict:
+    """Write ``prefix.png`` (the figure), ``prefix.npz`` (the images, float16 ``[C, P, S, S,
+    3]``) and ``prefix.json`` (:func:`cam_report` plus ``usae_step``); return the report."""
+    save_cam_png(result, prefix + ".png", title=title)
+    np.savez_compressed(prefix + ".npz", images=result.images.astype(np.float16))
+    report = cam_report(result, config) | {"usae_step": usae_step}
+    with open(prefix + ".json", "w") as handle:
+        json.dump(report, handle, indent=2)
+    return report

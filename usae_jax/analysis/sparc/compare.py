@@ -70,6 +70,7 @@ def compare_local_global(
         )
         started = time.perf_counter()
         result = train(run_config, os.path.join(os.fspath(workdir), rule), source)
+        run_config = result.config  # the streams bound from the data
         params = jax.device_get(result.state.params)
         entry = {
             "alignment": alignment_report(run_config.usae, params, test_std),
@@ -87,9 +88,7 @@ def compare_local_global(
 
 
 def sparc_run_config(
-    recipe,
-    names,
-    widths,
+    config: TrainConfig,
     *,
     num_concepts: int,
     top_k: int,
@@ -99,13 +98,15 @@ def sparc_run_config(
     learning_rate: float,
     eval_rows: int | None = None,
 ) -> TrainConfig:
-    """A SPARC config from ``recipe(names, widths, num_concepts=, top_k=, num_steps=)`` (e.g.
-    ``experiments.configs.sparc.get_config``) with a constant learning rate and the given sizes."""
-    config = recipe(
-        tuple(names), tuple(widths), num_concepts=num_concepts, top_k=top_k, num_steps=steps
-    )
+    """A SPARC recipe (e.g. ``experiments.configs.sparc.get_config()``) resized for a comparison
+    run, with a constant learning rate; the streams are bound from the data when training."""
+    if config.usae.architecture != "sparc":
+        raise ValueError('sparc_run_config needs config.usae.architecture == "sparc"')
     return replace_fields(
         config,
+        num_concepts=num_concepts,
+        top_k=top_k,
+        num_steps=steps,
         batch_rows=batch_rows,
         seed=seed,
         learning_rate=learning_rate,
