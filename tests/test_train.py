@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
+from tests.conftest import TINY_PLANTED, make_tiny_config
+from usae_jax.config import USAEConfig
 from usae_jax.data.source import ArraySource
-from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
+from usae_jax.data.synthetic.planted import generate_planted
 from usae_jax.parallel.mesh import make_training_mesh, shard_rows, state_shardings
 from usae_jax.train.checkpoint import CheckpointError
 from usae_jax.train.loop import (
@@ -23,28 +24,13 @@ from usae_jax.train.optim import build_optimizers
 from usae_jax.train.state import create_train_state
 from usae_jax.train.writers import read_jsonl
 
-PLANTED = PlantedConfig(widths=(12, 8, 16), num_shared=6, num_specific=3, rows=512, seed=1)
+PLANTED = TINY_PLANTED
+_config = make_tiny_config
 
 
 @pytest.fixture(scope="module")
 def planted():
     return generate_planted(PLANTED)
-
-
-def _config(**overrides) -> TrainConfig:
-    base = TrainConfig(
-        usae=USAEConfig(
-            model_names=PLANTED.model_names, widths=PLANTED.widths, num_concepts=32, top_k=4
-        ),
-        optim=OptimConfig(learning_rate=3e-3),
-        batch_rows=64,
-        num_steps=8,
-        checkpoint_every=4,
-        log_every=2,
-        eval_rows=128,
-        progress_bar=False,
-    )
-    return dataclasses.replace(base, **overrides)
 
 
 def _leaves_equal(a, b) -> bool:
@@ -146,7 +132,7 @@ def test_width_mismatch_and_bad_configs_are_clear_errors(planted, tmp_path):
     with pytest.raises(ValueError, match="'beta'.*width 8.*config says 9"):
         train(_config(usae=wrong), tmp_path, planted.source())
     with pytest.raises(ValueError, match="model_names"):
-        USAEConfig(model_names=(), widths=())
+        USAEConfig(model_names=("a", "a"), widths=(4, 4))
     with pytest.raises(ValueError, match="top_k=40"):
         USAEConfig(model_names=("a",), widths=(4,), num_concepts=32, top_k=40)
     with pytest.raises(ValueError, match="empty"):
