@@ -63,8 +63,9 @@ def make_jax_step(spec, seed=0):
     import jax
 
     from usae_jax.config import TrainConfig, USAEConfig
-    from usae_jax.parallel.concept import create_mesh_2d, state_shardings
-    from usae_jax.train.loop import StepRunner, build_optimizers
+    from usae_jax.parallel.mesh import create_mesh, state_shardings
+    from usae_jax.train.loop import StepRunner
+    from usae_jax.train.optim import build_optimizers
     from usae_jax.train.state import create_train_state
 
     names = tuple(f"m{i}" for i in range(len(spec["widths"])))
@@ -82,7 +83,7 @@ def make_jax_step(spec, seed=0):
         data_parallel=1,
     )
     optimizers, _ = build_optimizers(config, 1000, 100)
-    mesh = create_mesh_2d(1, 1)
+    mesh = create_mesh(1, 1)
     fresh = create_train_state(config, optimizers)
     shardings = state_shardings(fresh, mesh, config.usae.num_concepts)
     state = jax.device_put(fresh, shardings)

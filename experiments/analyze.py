@@ -15,6 +15,13 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from usae_jax.analysis.baseline import BaselineConfig
+from usae_jax.analysis.controls import ControlConfig
+from usae_jax.analysis.examples import ImageTokens
+from usae_jax.analysis.report import AnalysisConfig, analyze
+from usae_jax.analysis.statistics import StatisticsConfig
+from usae_jax.data.synthetic.planted import generate_planted
+
 flags.DEFINE_string(
     "workdir", "runs/default", "A trained run's directory (config.json, checkpoints/)."
 )
@@ -59,12 +66,6 @@ def main(argv):
         )
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    from usae_jax.analysis.baseline import BaselineConfig
-    from usae_jax.analysis.controls import ControlConfig
-    from usae_jax.analysis.examples import ImageTokens
-    from usae_jax.analysis.report import AnalysisConfig, analyze
-    from usae_jax.analysis.statistics import StatisticsConfig
-    from usae_jax.data.synthetic.planted import generate_planted
 
     planted = None
     if FLAGS.npy:

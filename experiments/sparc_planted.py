@@ -8,6 +8,14 @@ and prints Jaccard overlap and cross-stream retrieval on held-out rows (docs/spa
 
 from absl import app, flags, logging
 
+from experiments.configs import sparc
+from usae_jax.analysis.sparc.compare import (
+    compare_held_out,
+    format_comparison,
+    sparc_run_config,
+)
+from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
+
 flags.DEFINE_string("workdir", "runs/sparc_planted", "Checkpoints, metrics, comparison.json.")
 flags.DEFINE_integer("rows", 16384, "Planted paired rows (items), before the held-out split.")
 flags.DEFINE_float("test_fraction", 0.125, "Fraction of items held out for the metrics.")
@@ -23,14 +31,6 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from experiments.configs import sparc
-    from usae_jax.analysis.sparc.compare import (
-        compare_held_out,
-        format_comparison,
-        sparc_run_config,
-    )
-    from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
-
     planted = generate_planted(
         PlantedConfig(
             model_names=("alpha", "beta"), widths=(64, 48), rows=FLAGS.rows, seed=FLAGS.seed

@@ -11,6 +11,10 @@ writes <workdir>/text_report.json. Numbers and runtime: docs/sparc_results.md.
 
 from absl import app, flags, logging
 
+from experiments.configs import sparc
+from usae_jax.analysis.sparc.compare import format_comparison
+from usae_jax.pipelines.sparc_text import SparcTextConfig, run_sparc_text
+
 flags.DEFINE_string("workdir", "runs/sparc_text", "Store, checkpoints, text_report.json.")
 flags.DEFINE_integer("sentences", 4000, "Template sentences (items) to generate.")
 flags.DEFINE_float("test_fraction", 0.2, "Fraction of sentences held out for all metrics.")
@@ -34,9 +38,6 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from experiments.configs import sparc
-    from usae_jax.analysis.sparc.compare import format_comparison
-    from usae_jax.pipelines.sparc_text import SparcTextConfig, run_sparc_text
 
     config = SparcTextConfig(
         num_sentences=FLAGS.sentences,
