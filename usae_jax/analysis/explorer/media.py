@@ -135,9 +135,7 @@ def image_panels(
     wanted: dict[int, list[tuple[int, int, int]]] = {}  # image -> [(concept, model, rank)]
     for concept in concepts:
         for m in range(len(names)):
-            for rank, image_id in enumerate(
-                top_images(statistics, tokens, concept, m, num_images)
-            ):
+            for rank, image_id in enumerate(top_images(statistics, tokens, concept, m, num_images)):
                 wanted.setdefault(image_id, []).append((concept, m, rank))
     panels: dict[int, dict[str, list]] = {c: {n: [] for n in names} for c in concepts}
     h, w = tokens.grid

@@ -136,7 +136,9 @@ def explorer_documents(inputs: ExplorerInputs, config: ExplorerConfig):
                 if inputs.texts is not None:
                     example["text"] = inputs.texts.context(int(row))
                 examples.append(example)
-            edges = np.linspace(statistics.tau, passed.histogram_max[m, c], config.histogram_bins + 1)
+            edges = np.linspace(
+                statistics.tau, passed.histogram_max[m, c], config.histogram_bins + 1
+            )
             ids, cosines = inputs.neighbours
             per_model[name] = {
                 "fire_count": int(statistics.fire_counts[m, c]),
@@ -187,9 +189,7 @@ def _compact(document: dict) -> str:
     return json.dumps(document, separators=(",", ":"))
 
 
-def write_site(
-    out_dir: str | os.PathLike, inputs: ExplorerInputs, config: ExplorerConfig
-) -> dict:
+def write_site(out_dir: str | os.PathLike, inputs: ExplorerInputs, config: ExplorerConfig) -> dict:
     """Write the site and the JSON export into ``out_dir`` (images must already be under
     ``out_dir/img``). Returns ``{"files": count, "bytes": total size, "index": path}``."""
     out = Path(out_dir)

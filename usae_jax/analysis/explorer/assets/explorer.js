@@ -234,6 +234,7 @@
     });
     update(true);
     E.renderMs = performance.now() - started;
+    E.readyMs = performance.now();
     document.body.setAttribute("data-ready", "1");
   }
 
