@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.test_analysis_statistics import identity_usae
 from usae_jax.analysis.explorer import build, media
@@ -17,7 +18,12 @@ from usae_jax.analysis.explorer.measures import (
 )
 from usae_jax.analysis.explorer.site import SCHEMA, ExplorerInputs, explorer_documents, write_site
 from usae_jax.analysis.statistics import ConceptStatistics, StatisticsConfig, compute_statistics
+from usae_jax.config import TrainConfig, USAEConfig
+from usae_jax.data.images import from_samples
+from usae_jax.data.loader import StoreSource
 from usae_jax.data.source import ArraySource
+from usae_jax.data.store import write_store
+from usae_jax.loop import train
 
 
 def synthetic_inputs(num_concepts: int, names=("alpha", "beta", "gamma"), seed: int = 0):
@@ -204,3 +210,41 @@ def test_site_files_and_json_export_agree(tmp_path):
     for name in ("index.html", "concept.html", "assets/explorer.js", "assets/explorer.css"):
         assert (tmp_path / name).stat().st_size > 500, name
     assert written["files"] == 2 * 40 + 2 + 4
+
+
+def test_store_backed_run_gets_crops_of_the_sample_images(tmp_path):
+    # A store "extracted" from the offline sample set (1 view, 32 px, 2 x 2 grid; random
+    # activations): the explorer rebuilds the images from the manifest and draws crops.
+
+    sample = from_samples(32, views=1, seed=0)
+    rng = np.random.default_rng(0)
+    rows = 4 * len(sample)
+    arrays = {"a": rng.standard_normal((rows, 6)), "b": rng.standard_normal((rows, 5))}
+    meta = {"images": {**sample.description, "first_id": sample.ids[0]}}
+    store = write_store(tmp_path / "store", arrays, (2, 2), sample.ids, meta=meta)
+    usae = USAEConfig(model_names=("a", "b"), widths=(6, 5), num_concepts=8, top_k=2)
+    config = TrainConfig(usae=usae, batch_rows=16, num_steps=3, eval_rows=16, progress_bar=False)
+    train(config, tmp_path / "run", StoreSource(store))
+    tokens = build.store_image_tokens(store)
+    assert tokens.grid == (2, 2) and tokens.image(1).shape == (32, 32, 3)
+    np.testing.assert_allclose(tokens.image(1), sample.load(1) / 255.0)
+    result = build.build_explorer(
+        tmp_path / "run", StoreSource(store), tmp_path / "site", ExplorerConfig(), tokens=tokens
+    )
+    concept = max(range(8), key=lambda c: len(list((tmp_path / "site" / "img").glob(f"c{c}_*"))))
+    document = json.loads((tmp_path / "site" / "json" / "concepts" / f"{concept}.json").read_text())
+    crops = [image for m in ("a", "b") for image in document["per_model"][m]["images"]]
+    assert crops and all((tmp_path / "site" / image["src"]).is_file() for image in crops)
+    assert result["files"] > 2 * 8 + 6
+    with pytest.raises(ValueError, match="not the store's images"):
+        build.store_image_tokens(store, images=_image_list(tmp_path))
+    assert (
+        build.store_image_tokens(write_store(tmp_path / "s2", arrays, (2, 2), sample.ids)) is None
+    )
+
+
+def _image_list(tmp_path):
+    """A list file naming one image that is not in the store."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "other.png")
+    (tmp_path / "list.txt").write_text("other.png\n")
+    return str(tmp_path / "list.txt")

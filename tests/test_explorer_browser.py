@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
 
 from experiments.configs import default as default_config
 from tests.test_explorer import synthetic_inputs
@@ -25,7 +26,7 @@ from usae_jax.analysis.explorer.measures import ExplorerConfig
 from usae_jax.analysis.explorer.site import write_site
 from usae_jax.analysis.statistics import StatisticsConfig
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
-from usae_jax.data.planted import generate_planted
+from usae_jax.data.planted import PlantedConfig, generate_planted
 from usae_jax.loop import train
 
 pytestmark = pytest.mark.slow
@@ -146,8 +147,6 @@ def test_planted_usae_site_in_chromium(driver, tmp_path):
     point = driver.execute_script(f"return USAE_EXPLORER.scatterPoint({top})")
     canvas = driver.find_element("id", "scatter")
     size = canvas.size
-    from selenium.webdriver.common.action_chains import ActionChains
-
     ActionChains(driver).move_to_element_with_offset(
         canvas, round(point["x"] - size["width"] / 2), round(point["y"] - size["height"] / 2)
     ).click().perform()
@@ -173,8 +172,6 @@ def test_planted_usae_site_in_chromium(driver, tmp_path):
 
 
 def test_sparc_text_site_in_chromium(driver, tmp_path):
-    from usae_jax.data.planted import PlantedConfig
-
     planted = generate_planted(
         PlantedConfig(
             model_names=("p", "q"), widths=(16, 12), num_shared=8, num_specific=2, rows=512
