@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.test_analysis_statistics import identity_usae
+from usae_jax.analysis.examples import ImageTokens
 from usae_jax.analysis.explorer import build, media
 from usae_jax.analysis.explorer.measures import (
     ConceptPass,
@@ -248,3 +249,24 @@ def _image_list(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "other.png")
     (tmp_path / "list.txt").write_text("other.png\n")
     return str(tmp_path / "list.txt")
+
+
+def test_image_panels_find_interleaved_rows_and_cells(tmp_path):
+    # Two images of a 2 x 2 grid whose rows are interleaved (row r: image r % 2, cell r // 2).
+    # Concept 0 fires only at row 5 = image 1, cell 2 (value 2), for both models.
+    usae, params, stats = identity_usae(2, 2)
+    x = np.zeros((8, 2), np.float32)
+    x[5, 0] = 2.0
+    source = ArraySource({"m0": x, "m1": x.copy()}, standardise=False)
+    statistics = compute_statistics(usae, params, stats, source, StatisticsConfig(num_top=2))
+    tokens = ImageTokens(
+        np.arange(8) % 2, (2, 2), np.full((2, 8, 8, 3), 0.5, np.float32), np.arange(8) // 2
+    )
+    panels = media.image_panels(
+        usae, params, stats, source, tokens, statistics, [0], tmp_path, num_images=2, side=16
+    )
+    assert panels[0]["m0"] == [{"src": "img/c0_m0_0.png", "image": 1, "max": 2.0}]
+    pixels = np.asarray(Image.open(tmp_path / "img" / "c0_m1_0.png"))
+    assert pixels.shape == (16, 16, 3)
+    assert np.abs(pixels[12, 4].astype(int) - 128).max() > 20  # cell 2: bottom left
+    np.testing.assert_array_equal(pixels[2, 13], [128, 128, 128])  # cell 1: no heat

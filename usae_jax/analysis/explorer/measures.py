@@ -153,6 +153,17 @@ def concept_pass(
     width = np.where(top > tau, top - tau, 1.0)
     histogram = np.zeros(M * n * bins, np.int64)
     pairs = scipy.sparse.csr_matrix((n, n), dtype=np.int64)
+    pending: list[tuple[np.ndarray, np.ndarray]] = []  # (i, j) pairs not yet summed
+
+    def flush(pairs):
+        if pending:
+            rows_i = np.concatenate([p[0] for p in pending])
+            cols_j = np.concatenate([p[1] for p in pending])
+            pending.clear()
+            ones = np.ones(len(rows_i), np.int64)
+            pairs = pairs + scipy.sparse.csr_matrix((ones, (rows_i, cols_j)), shape=(n, n))
+        return pairs
+
     batch_rows = min(config.statistics.batch_rows, statistics.num_rows)
     for start in range(0, statistics.num_rows, batch_rows):
         stop = min(start + batch_rows, statistics.num_rows)
@@ -170,10 +181,10 @@ def concept_pass(
             rows_i = np.broadcast_to(indices[m][:, :, None], both.shape)
             cols_j = np.broadcast_to(indices[m][:, None, :], both.shape)
             keep = both & (rows_i != cols_j)
-            pairs = pairs + scipy.sparse.csr_matrix(
-                (np.ones(int(keep.sum()), np.int64), (rows_i[keep], cols_j[keep])), shape=(n, n)
-            )
-    partners, partner_counts = _top_partners(pairs.tocsr(), config.num_cofiring)
+            pending.append((rows_i[keep], cols_j[keep]))
+        if sum(len(p[0]) for p in pending) > 1 << 24:  # sum in chunks: bounded memory, few adds
+            pairs = flush(pairs)
+    partners, partner_counts = _top_partners(flush(pairs).tocsr(), config.num_cofiring)
     return ConceptPass(
         histogram=histogram.reshape(M, n, bins),
         histogram_max=top,

@@ -139,8 +139,17 @@ def image_panels(
                 wanted.setdefault(image_id, []).append((concept, m, rank))
     panels: dict[int, dict[str, list]] = {c: {n: [] for n in names} for c in concepts}
     h, w = tokens.grid
+    image_index = np.asarray(tokens.image_index)
+    order = np.argsort(image_index, kind="stable")  # rows grouped by image, ascending within
+    grouped = image_index[order]
     for image_id in sorted(wanted):
-        rows, cells = tokens.rows_and_cells(image_id)
+        lo, hi = np.searchsorted(grouped, [image_id, image_id + 1])
+        rows = order[lo:hi]
+        cells = (
+            np.arange(len(rows))
+            if tokens.patch_index is None
+            else np.asarray(tokens.patch_index)[rows]
+        )
         codes = np.asarray(_all_codes(usae, params, batch_stats, source.rows(rows)))  # [M, r, n]
         picture = tokens.image(image_id)
         for concept, m, rank in wanted[image_id]:

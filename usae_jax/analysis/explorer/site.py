@@ -163,6 +163,7 @@ def explorer_documents(inputs: ExplorerInputs, config: ExplorerConfig):
         document = {
             "schema": SCHEMA,
             "concept": c,
+            "num_concepts": n,
             "models": names,
             "energy": concepts["energy"][c],
             "firing_entropy": concepts["firing_entropy"][c],

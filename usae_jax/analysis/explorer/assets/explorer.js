@@ -287,7 +287,8 @@
     document.getElementById("title").textContent = "Concept " + d.concept +
       (d.label ? " (" + d.label + ")" : "") + (d.unique_to ? " \u2014 unique to " + d.unique_to : "");
     document.getElementById("prev-concept").setAttribute("href", "#c=" + Math.max(0, d.concept - 1));
-    document.getElementById("next-concept").setAttribute("href", "#c=" + (d.concept + 1));
+    document.getElementById("next-concept").setAttribute(
+      "href", "#c=" + Math.min(d.num_concepts - 1, d.concept + 1));
     var rows = [
       ["energy (summed over models)", d.energy], ["firing entropy", d.firing_entropy],
       ["co-fire count (fires for every model)", d.cofire_count],
