@@ -116,8 +116,16 @@ def screenshot_site(
         driver.get(page_url(site_dir, "concept.html", f"c={concept}"))
         wait_for(driver, f"document.body.getAttribute('data-ready') === '{concept}'")
         wait_images(driver)
-        height = driver.execute_script("return document.body.scrollHeight")
-        driver.set_window_size(1400, min(max(int(height) + 40, 800), 2400))
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.execute_cdp_cmd(  # the whole page (up to 2400 px), not just the first screen
+            "Emulation.setDeviceMetricsOverride",
+            {
+                "width": 1400,
+                "height": min(int(height), 2400),
+                "deviceScaleFactor": 1,
+                "mobile": False,
+            },
+        )
         paths["concept"] = os.fspath(out / "explorer_concept.png")
         driver.save_screenshot(paths["concept"])
         return paths
