@@ -35,8 +35,9 @@ MODELS, WIDTHS, ROWS = ("alpha", "beta", "gamma"), (24, 16, 32), 2048
 
 
 @pytest.fixture(scope="module")
-def driver():
-    chrome = browser.open_chromium(width=1300, height=1000)
+def driver(tmp_path_factory):
+    profile = tmp_path_factory.mktemp("chromium_profile")  # a fresh profile for this module
+    chrome = browser.open_chromium(width=1300, height=1000, user_data_dir=str(profile))
     yield chrome
     chrome.quit()
 
