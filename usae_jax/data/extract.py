@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from usae_jax.backbones.base import VisionBackbone
+from usae_jax.backbones.cnn import ConvBackbone
 from usae_jax.backbones.tokens import resample_grid
 from usae_jax.data.images import ImageSource
 from usae_jax.data.source import Standardisation
@@ -74,8 +75,36 @@ class ExtractConfig:
             raise ValueError(f"max_images must be positive, got {self.max_images}")
 
 
-def make_token_fn(backbone: VisionBackbone, layers: Sequence[str], grid: Sequence[int]):
-    """``fn(params, images uint8 [B, S, S, 3]) -> {layer: float32 [B, gh * gw, width]}``."""
+Backbone = VisionBackbone | ConvBackbone
+
+
+def layer_width(backbone: Backbone, layer: str) -> int:
+    """Channels of ``layer`` (one width for a transformer; per layer for a CNN)."""
+    return backbone.width_of(layer) if isinstance(backbone, ConvBackbone) else backbone.width
+
+
+def _describe(bb: Backbone, layers: Sequence[str]) -> dict:
+    if isinstance(bb, ConvBackbone):
+        return {
+            "family": bb.name,
+            "identity": dict(bb.identity),
+            "image_size": bb.image_size,
+            "native_grids": {layer: list(bb.grid_of(layer)) for layer in layers},
+            "prefix_tokens_dropped": 0,
+        }
+    return {
+        "family": bb.name,
+        "identity": dict(bb.identity),
+        "image_size": bb.image_size,
+        "patch_size": bb.patch_size,
+        "native_grid": list(bb.grid),
+        "prefix_tokens_dropped": bb.num_prefix,
+    }
+
+
+def make_token_fn(backbone: Backbone, layers: Sequence[str], grid: Sequence[int]):
+    """``fn(params, images uint8 [B, S, S, 3]) -> {layer: float32 [B, gh * gw, width]}``
+    (a transformer's or a CNN's token grids, resampled to ``grid``)."""
     layers, grid = tuple(layers), tuple(grid)
 
     def fn(params, images):
@@ -94,14 +123,7 @@ def _meta(config, backbones, source: ImageSource):
     return {
         "config": dataclasses.asdict(config),
         "backbones": {
-            key: {
-                "family": bb.name,
-                "identity": dict(bb.identity),
-                "image_size": bb.image_size,
-                "patch_size": bb.patch_size,
-                "native_grid": list(bb.grid),
-                "prefix_tokens_dropped": bb.num_prefix,
-            }
+            key: _describe(bb, [m.layer for m in config.models if m.backbone == key])
             for key, bb in backbones.items()
         },
         "images": {**source.description, "first_id": source.ids[0], "last_id": source.ids[-1]},
@@ -110,7 +132,7 @@ def _meta(config, backbones, source: ImageSource):
 
 def extract(
     config: ExtractConfig,
-    backbones: Mapping[str, VisionBackbone],
+    backbones: Mapping[str, Backbone],
     source: ImageSource,
     workdir: str,
     mesh: jax.sharding.Mesh | None = None,
@@ -135,7 +157,7 @@ def extract(
     specs = [
         ModelSpec(
             name=m.name,
-            width=backbones[m.backbone].width,
+            width=layer_width(backbones[m.backbone], m.layer),
             layer=m.layer,
             dtype=config.dtype,
             backbone={"key": m.backbone, **dict(backbones[m.backbone].identity)},
