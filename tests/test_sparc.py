@@ -7,7 +7,8 @@ import pytest
 
 from usae_jax.config import TrainConfig, USAEConfig
 from usae_jax.model.params import init_params
-from usae_jax.model.sparc import encode_streams, global_top_k, sparc_loss_matrix
+from usae_jax.model.sparc import encode_streams, global_top_k
+from usae_jax.train.sparc_step import sparc_loss_matrix
 
 
 def _usae(**overrides):
