@@ -157,6 +157,7 @@ def _tiny_config(**overrides):
     return dataclasses.replace(base, **overrides)
 
 
+@pytest.mark.slow
 def test_train_with_grain_source_resumes_exactly(memmap, tmp_path):
     config = _tiny_config()
     pipeline = PipelineConfig(chunk_rows=6)
@@ -268,25 +269,31 @@ def test_zarr_bad_input_is_a_clear_error(memmap, tmp_path):
 # ----- workers ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_batches_and_resume(memmap, tmp_path):
+    inline = [b for _, b in GrainSource(memmap).dataset(16, 4, stop_step=9)]
+    source = GrainSource(memmap, PipelineConfig(workers=2))
+    iterator = source.iterator(16, 4, stop_step=9)
+    for step in range(5):
+        got_step, got = next(iterator)
+        assert got_step == step
+        assert_batches_equal(got, inline[step])
+    state = iterator.get_state()  # a multi-worker iterator's state, mid-epoch
+    iterator.close()
+    resumed = source.iterator(16, 4, stop_step=9)
+    resumed.set_state(state)
+    rest = list(resumed)
+    assert [s for s, _ in rest] == [5, 6, 7, 8]
+    for (_, got), want in zip(rest, inline[5:], strict=True):
+        assert_batches_equal(got, want)
+    resumed.close()
+    # A zarr store in a worker process: reopened there, same batches as in this process.
     zs.convert_store(memmap.directory, tmp_path / "z", chunk_rows=12)
-    for where in (memmap.directory, tmp_path / "z"):
-        inline = [b for _, b in GrainSource(where).dataset(16, 4, stop_step=9)]
-        source = GrainSource(where, PipelineConfig(workers=2))
-        iterator = source.iterator(16, 4, stop_step=9)
-        for step in range(5):
-            got_step, got = next(iterator)
-            assert got_step == step
-            assert_batches_equal(got, inline[step])
-        state = iterator.get_state()  # a multi-worker iterator's state, mid-epoch
-        iterator.close()
-        resumed = source.iterator(16, 4, stop_step=9)
-        resumed.set_state(state)
-        rest = list(resumed)
-        assert [s for s, _ in rest] == [5, 6, 7, 8]
-        for (_, got), want in zip(rest, inline[5:], strict=True):
-            assert_batches_equal(got, want)
-        resumed.close()
+    zarr = GrainSource(tmp_path / "z", PipelineConfig(workers=1))
+    with zarr:
+        for step in (0, 1, 2, 3):
+            assert_batches_equal(zarr.batch(step, 16, 4), inline[step])  # from 1 on: workers
+        assert zarr._stream is not None
 
 
 def test_store_rows_pickle_reopens_memmap(memmap):
