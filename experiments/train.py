@@ -5,6 +5,7 @@ Default: the built-in planted-concept data (no files needed):
 Real activations: one .npy per model, or an activation store made by experiments/extract.py:
     python -m experiments.train --npy=dino=a.npy,vit=b.npy --workdir=runs/mine
     python -m experiments.train --store=stores/dino --workdir=runs/store
+    python -m experiments.train --store=stores/dino_zarr --grain_workers=2 --workdir=runs/zarr
 Re-running with the same --workdir resumes from its last checkpoint.
 """
 
@@ -13,9 +14,11 @@ import importlib
 from absl import app, flags, logging
 
 from usae_jax.config import replace_fields
+from usae_jax.data.grain_source import GrainSource, PipelineConfig
 from usae_jax.data.loader import StoreSource
 from usae_jax.data.source import ArraySource
 from usae_jax.data.synthetic.planted import generate_planted
+from usae_jax.data.zarr_store import is_zarr_store
 from usae_jax.parallel.hosts import initialize
 from usae_jax.pipelines.train_and_report import format_summary, train_and_report
 
@@ -25,6 +28,12 @@ flags.DEFINE_string(
 flags.DEFINE_string("config", "default", "Config module in experiments/configs (default, paper).")
 flags.DEFINE_list("npy", [], "Real activations: name=path.npy per model, [rows, width] each.")
 flags.DEFINE_string("store", None, "Activation store directory written by experiments/extract.py.")
+flags.DEFINE_integer(
+    "grain_workers",
+    None,
+    "Read --store with the Grain pipeline and this many worker processes (zarr stores always "
+    "use Grain, with 0 workers unless set; default for a memmap store: the thread loader).",
+)
 flags.DEFINE_integer("steps", None, "Override the number of training steps.")
 flags.DEFINE_float("learning_rate", None, "Override the base learning rate of every model.")
 flags.DEFINE_integer("batch_rows", None, "Override the rows (tokens) per step.")
@@ -52,7 +61,11 @@ def main(argv):
     module = importlib.import_module(f"experiments.configs.{FLAGS.config}")
     planted = None
     if FLAGS.store:
-        source = StoreSource(FLAGS.store)
+        if FLAGS.grain_workers is not None or is_zarr_store(FLAGS.store):
+            workers = FLAGS.grain_workers or 0
+            source = GrainSource(FLAGS.store, PipelineConfig(workers=workers))
+        else:
+            source = StoreSource(FLAGS.store)
     elif FLAGS.npy:
         source = ArraySource.from_npy(dict(item.split("=", 1) for item in FLAGS.npy))
     elif hasattr(module, "get_planted"):

@@ -56,7 +56,9 @@ class ProcessShare:
     """A view of a paired source whose ``batch`` returns only this process's rows.
 
     With one process it is the source's own ``batch``; with ``P`` processes each reads
-    ``batch_rows / P`` rows (its share of the same global batch) through ``source.rows``.
+    ``batch_rows / P`` rows (its share of the same global batch) through ``source.rows``; a
+    source with a ``batch_indices(step, batch_rows, seed)`` method (e.g. the chunk-shuffled
+    ``GrainSource``) names the global batch's rows itself.
     """
 
     def __init__(self, source):
@@ -65,5 +67,9 @@ class ProcessShare:
     def batch(self, step: int, batch_rows: int, seed: int) -> dict[str, np.ndarray]:
         if jax.process_count() == 1:
             return self.source.batch(step, batch_rows, seed)
-        indices = epoch_rows(self.source.num_rows, step, batch_rows, seed)
+        order = getattr(self.source, "batch_indices", None)  # a source with its own order
+        if order is not None:
+            indices = order(step, batch_rows, seed)
+        else:
+            indices = epoch_rows(self.source.num_rows, step, batch_rows, seed)
         return self.source.rows(process_rows(indices))
