@@ -8,6 +8,8 @@ import pytest
 from usae_jax.config import TrainConfig, USAEConfig
 from usae_jax.model.params import init_params
 from usae_jax.model.sparc import encode_streams, global_top_k
+from usae_jax.model.usae import encode_models_eval
+from usae_jax.train.metrics import evaluate
 from usae_jax.train.sparc_step import sparc_loss_matrix
 
 
@@ -153,3 +155,20 @@ def test_sparc_trains_in_the_shared_loop_on_planted_streams(tmp_path, sparsity):
     lines = (tmp_path / sparsity / "metrics.jsonl").read_text().splitlines()
     assert len(lines) >= 3 and '"source": "all"' in lines[0]
     assert 0 < result.final_metrics["l0"]["p"] <= 4
+
+
+def test_sparc_models_evaluate_with_their_affine_encoders():
+    usae = _usae(sparsity="local_topk")
+    params, stats = init_params(jax.random.key(0), usae)
+    assert "batchnorm" not in params["models"][usae.model_names[0]]
+    rng = np.random.default_rng(0)
+    batch = {
+        n: jnp.asarray(rng.standard_normal((16, w)), jnp.float32)
+        for n, w in zip(usae.model_names, usae.widths, strict=True)
+    }
+    encoded = encode_models_eval(usae, params, stats, batch)
+    per_stream = encode_streams(usae, params["models"], batch, sparsity="local_topk")
+    for name in usae.model_names:
+        np.testing.assert_array_equal(encoded[name].codes, per_stream[name].codes)
+    scores = evaluate(usae, params, stats, batch)
+    assert scores["r2"].shape == (len(usae.model_names),) * 2

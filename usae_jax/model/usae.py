@@ -182,10 +182,16 @@ def decode(encoded: Encoded, dictionary: jax.Array) -> jax.Array:
 
 
 def encode_eval(usae: USAEConfig, model_params: dict, stats: dict, x: jax.Array) -> Encoded:
-    """Encode one model's rows ``x`` ``[B, d]`` in eval mode (running BatchNorm statistics).
+    """Encode one model's rows ``x`` ``[B, d]`` for evaluation, with that model's own TopK.
 
-    Evaluation runs in float32 whatever ``usae.compute_dtype`` says.
+    ``architecture="usae"``: Linear -> BatchNorm with the running statistics -> ReLU -> TopK.
+    ``"sparc"``: the affine stream encoder -> ReLU -> TopK (``stats`` unused). Evaluation runs
+    in float32 whatever ``usae.compute_dtype`` says.
     """
+    if usae.architecture == "sparc":
+        h = affine(model_params, x)
+        codes, values, indices = top_k_codes(jax.nn.relu(h), usae.top_k)
+        return Encoded(h, codes, values, indices)
     encoded, _ = encode(
         model_params,
         stats,
@@ -196,3 +202,13 @@ def encode_eval(usae: USAEConfig, model_params: dict, stats: dict, x: jax.Array)
         eps=usae.batchnorm_eps,
     )
     return encoded
+
+
+def encode_models_eval(
+    usae: USAEConfig, params: dict, stats: dict, batch: dict[str, jax.Array]
+) -> dict[str, Encoded]:
+    """:func:`encode_eval` of every model of a paired batch ``{name: [B, d_name]}``."""
+    return {
+        name: encode_eval(usae, params["models"][name], stats.get(name), batch[name])
+        for name in usae.model_names
+    }

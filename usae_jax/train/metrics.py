@@ -14,7 +14,7 @@ import numpy as np
 
 from usae_jax.config import USAEConfig
 from usae_jax.data.synthetic.planted import PlantedData
-from usae_jax.model.usae import decode, encode_eval
+from usae_jax.model.usae import decode, encode_models_eval
 
 
 def r_squared(x: jax.Array, x_hat: jax.Array, centring: str = "scalar") -> jax.Array:
@@ -37,8 +37,9 @@ def r_squared(x: jax.Array, x_hat: jax.Array, centring: str = "scalar") -> jax.A
 def _cross_r2(usae: USAEConfig, params: dict, stats: dict, batch: dict):
     names = usae.model_names
     scalar, feature, l0 = [], [], []
+    encodings = encode_models_eval(usae, params, stats, batch)
     for source in names:
-        encoded = encode_eval(usae, params["models"][source], stats[source], batch[source])
+        encoded = encodings[source]
         l0.append(jnp.mean(jnp.sum(encoded.codes > 0, axis=1).astype(jnp.float32)))
         row_s, row_f = [], []
         for target in names:
