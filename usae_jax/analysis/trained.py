@@ -39,14 +39,16 @@ def load_trained_usae(workdir: str | os.PathLike, step: int | None = None):
 
 def store_context(store_dir: str | os.PathLike) -> dict:
     """From a store manifest: ``{"grid": (h, w), "models": {name: {"layer", "backbone", "mean",
-    "std"}}}`` (``backbone`` is the key the extraction used, e.g. ``"dino"``)."""
+    "std"}}}`` (``backbone`` is the key the extraction used, e.g. ``"dino"``). ``"std"`` is the
+    divisor the loader standardises with: the manifest's std plus its ``std_epsilon``."""
     manifest = read_manifest(store_dir)
+    epsilon = float(manifest.get("std_epsilon", 0.0))
     models = {
         m["name"]: {
             "layer": m["layer"],
             "backbone": m["backbone"]["key"],
             "mean": float(m["mean"]),
-            "std": float(m["std"]),
+            "std": float(m["std"]) + epsilon,
         }
         for m in manifest["models"]
     }
