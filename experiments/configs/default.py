@@ -8,12 +8,13 @@ model's variance, so cross-R² near that is the ceiling).
 """
 
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
-from usae_jax.data.planted import PlantedConfig
+from usae_jax.data.planted import PlantedConfig, planted_preset
 
 
 def get_planted() -> PlantedConfig:
-    """The synthetic data: widths 64/48/96, 48 shared and 16 private concepts per model."""
-    return PlantedConfig(rows=32768, seed=0)
+    """The "classic" synthetic data: widths 64/48/96, 48 shared and 16 private concepts per
+    model, every concept in 5% of rows, magnitudes uniform in [0.5, 2]."""
+    return planted_preset("classic", rows=32768, seed=0)
 
 
 def get_config(names=None, widths=None) -> TrainConfig:
