@@ -7,7 +7,7 @@ import pytest
 
 from experiments.configs import default, planted_hard
 from usae_jax.data import planted as pl
-from usae_jax.run import format_summary, written_outputs
+from usae_jax.run import format_recovery, format_summary, written_outputs
 
 
 def test_classic_preset_is_todays_data():
@@ -177,3 +177,14 @@ def test_hard_config_trains_on_the_hard_preset():
     assert planted_hard.get_planted() == pl.planted_preset("hard", rows=32768, seed=0)
     config = planted_hard.get_config()
     assert config.usae.widths == (64, 96, 128)
+
+
+def test_recovery_report_without_private_concepts():
+    config = pl.PlantedConfig(widths=(8, 6, 10), num_shared=4, num_specific=0, rows=200)
+    data = pl.generate_planted(config)
+    params = {"models": {n: {"dictionary": d} for n, d in data.shared_directions.items()}}
+    report = pl.recovery_report(params, data)
+    assert report["beta"]["specific"]["count"] == 0 and report["beta"]["specific"]["min"] is None
+    assert report["beta"]["shared"]["bands"][">=0.9"] == 4
+    text = "\n".join(format_recovery(config.model_names, report))
+    assert "beta  specific   0: 0 / 0 / 0 / 0" in text

@@ -112,7 +112,7 @@ def format_recovery(names: tuple[str, ...], report: dict) -> list[str]:
             lines.append(
                 f"  {name:<{width}} {group:<8} {entry['count']:>3}: "
                 + " / ".join(str(n) for n in entry["bands"].values())
-                + f"; min {entry['min']:.3f}; worst {worst}"
+                + (f"; min {entry['min']:.3f}; worst {worst}" if entry["count"] else "")
                 + (
                     f"; {report[name]['shared_rows_reused']} on a reused row"
                     if group == "shared"

@@ -227,6 +227,9 @@ def _describe(cosines: np.ndarray, rows: np.ndarray, frequency: np.ndarray, wors
     labels += [f"{a}-{b}" for a, b in zip(RECOVERY_BANDS, RECOVERY_BANDS[1:], strict=False)]
     labels += [f">={RECOVERY_BANDS[-1]}"]
     counts = np.histogram(cosines, bins=edges)[0]
+    if cosines.size == 0:
+        stats = dict.fromkeys(("mean", "min", "p10", "median"))
+        return {"count": 0, **stats, "bands": dict.fromkeys(labels, 0), "worst": [], "cosines": []}
     order = np.argsort(cosines, kind="stable")[:worst]
     return {
         "count": int(cosines.size),
@@ -261,7 +264,8 @@ def recovery_report(params: dict, planted: PlantedData, worst: int = 3) -> dict[
       holds ``count``, ``mean``, ``min``, ``p10``, ``median``, ``bands`` (concepts per cosine
       band, edges :data:`RECOVERY_BANDS`), ``worst`` (``concept``, ``cosine``, ``frequency``:
       fraction of rows holding it, ``row``: its best dictionary row) and ``cosines`` (every
-      concept, in concept order). ``shared_rows_reused`` counts shared concepts whose best row
+      concept, in concept order); the statistics are ``None`` for an empty group.
+      ``shared_rows_reused`` counts shared concepts whose best row
       is also the best row of another planted concept of that model (merged concepts).
     """
     report = {}
