@@ -2,7 +2,9 @@
 
 Launch:  python -m experiments.train --config=planted_hard --workdir=runs/planted_hard
 Runtime: like the default run (8000 steps of 1024 rows; not measured, the machine was contended).
-Expected: see README ("Harder planted data"); the summary prints recovery per concept.
+Expected (one run, seed 0): shared-concept recovery about 0.91 / 0.93 / 0.96 (alpha, the narrowest,
+lowest), shared concept 0 (in 54% of rows) the worst in every model (cosine 0.47-0.66), every
+private concept above 0.97; self-R² 0.94-0.96, cross-R² 0.76-0.77.
 """
 
 from experiments.configs import default

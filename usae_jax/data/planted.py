@@ -11,9 +11,9 @@ Two named presets (:data:`PRESETS`, :func:`planted_preset`):
 * ``"classic"``: every concept equally frequent (5% of rows), magnitudes uniform in [0.5, 2],
   widths 64/48/96. Kind to a USAE: what the default run trains on.
 * ``"hard"``: closer to real activations: power-law (Pareto-like) concept frequencies (the most
-  frequent shared concept is present in about half the rows, the rarest in about 1%),
-  exponential magnitudes (many weak events), the four most frequent pairs of shared concepts
-  co-occurring, widths 64/96/128.
+  frequent shared concepts are present in about half the rows, the rarest in about 1%),
+  exponential magnitudes (a third of the events below 0.5), four pairs of frequent shared
+  concepts that co-occur, widths 64/96/128.
 """
 
 from __future__ import annotations
