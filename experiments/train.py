@@ -57,7 +57,7 @@ def main(argv):
     initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     from usae_jax.data.planted import generate_planted
     from usae_jax.data.source import ArraySource
-    from usae_jax.run import format_summary, train_and_report
+    from usae_jax.run import format_summary, train_and_report, written_outputs
 
     module = importlib.import_module(f"experiments.configs.{FLAGS.config}")
     planted = None
@@ -89,8 +89,7 @@ def main(argv):
     print(f"training {source.names} on {source.num_rows} rows into {FLAGS.workdir}")
     _, summary = train_and_report(config, FLAGS.workdir, source, planted)
     print(format_summary(config.usae.model_names, summary))
-    outputs = "r2_matrix.png, losses.png, metrics.jsonl, summary.json, export/"
-    print(f"outputs in {FLAGS.workdir}: {outputs}")
+    print(f"outputs in {FLAGS.workdir}: {', '.join(written_outputs(FLAGS.workdir)) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -161,5 +161,9 @@ def test_experiment_cam_end_to_end(setup, tmp_path):
     for suffix in ("", "_shared"):
         report = json.loads((tmp_path / f"cam{suffix}.json").read_text())
         assert len(report["concepts"]) == 2 and report["models"] == ["vit", "dino_l2"]
+        image_ids = json.loads((tmp_path / "store" / "manifest.json").read_text())["image_ids"]
+        for name in ("vit", "dino_l2"):  # the best natural image is stored beside the CAM values
+            assert np.isfinite(report["concepts"][0][name]["best_natural_pre"])
+            assert report["concepts"][0][name]["best_natural_image"] in image_ids
         assert (tmp_path / f"cam{suffix}.png").stat().st_size > 1000
         assert (tmp_path / f"cam{suffix}.npz").exists()

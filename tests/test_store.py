@@ -132,15 +132,17 @@ def test_store_source_matches_array_source(stored):
         ours, ref = source.batch(step, 16, seed=5), reference.batch(step, 16, seed=5)
         for name in arrays:
             np.testing.assert_allclose(ours[name], ref[name], rtol=1e-5, atol=1e-5)
-    assert abs(float(np.concatenate([source.rows(np.arange(60))["a"]]).std()) - 1) < 1e-4
+    # Unbiased std (ddof=1) over all values, divided by std + 1e-5 (the official formula).
+    assert abs(float(source.rows(np.arange(60))["a"].std(ddof=1)) - 1) < 1e-4
 
 
 def test_store_source_rejects_nan(tmp_path):
     arrays = make_arrays()
     arrays["a"][7, 1] = np.nan
-    st.write_store(tmp_path, arrays, GRID, [str(i) for i in range(10)])
-    with pytest.raises(ValueError, match="non-finite"):
-        StoreSource(tmp_path, standardise=False).rows(np.arange(10))
+    with pytest.raises(ValueError, match="non-finite.*'a'.*first at row 7"):
+        st.write_store(tmp_path, arrays, GRID, [str(i) for i in range(10)])
+    with pytest.raises(st.StoreError, match="incomplete"):  # the statistics were never recorded
+        StoreSource(tmp_path, standardise=False)
 
 
 def test_prefetch_to_mesh(stored):

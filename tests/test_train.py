@@ -1,6 +1,7 @@
 """The training step and loop: locality of updates, sharding, compilations, resume, bad input."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from usae_jax.loop import (
     make_training_mesh,
     train,
 )
+from usae_jax.run import OUTPUTS
 from usae_jax.sharding import shard_rows
 from usae_jax.train_state import create_train_state
 from usae_jax.writers import read_jsonl
@@ -194,6 +196,15 @@ def test_train_entry_point_runs_and_writes_outputs(tmp_path):
     assert "R² matrix" in completed.stdout and "recovery" in completed.stdout
     for name in ("r2_matrix.png", "metrics.jsonl", "summary.json", "export/alpha.safetensors"):
         assert (workdir / name).exists(), name
+    # Per-concept recovery and the variance share are printed and stored, not only the mean.
+    assert "per-concept max cosine" in completed.stdout
+    assert "variance carried by the shared concepts" in completed.stdout
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert len(summary["recovery_per_concept"]["beta"]["shared"]["cosines"]) == 48
+    assert set(summary["shared_variance_share"]) == {"alpha", "beta", "gamma"}
+    # The listed outputs are exactly those that exist.
+    listed = completed.stdout.rsplit("outputs in ", 1)[1].split(": ", 1)[1].strip().split(", ")
+    assert listed == [n for n in OUTPUTS if (workdir / n).exists()] and "checkpoints/" in listed
 
 
 def test_bfloat16_compute_tracks_float32(planted, tmp_path):

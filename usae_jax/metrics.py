@@ -81,11 +81,26 @@ def dead_fraction(tokens_since_fired: dict, threshold_rows: int) -> dict[str, fl
     }
 
 
+def max_cosines(dictionary: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per planted direction, the best cosine with a row of ``dictionary`` and that row.
+
+    Args:
+      dictionary: ``[n, d]`` (raw or normalised).
+      directions: ``[c, d]`` planted directions.
+
+    Returns:
+      ``(cosines [c], rows [c])``: ``cosines[i]`` is the largest cosine between direction ``i``
+      and a dictionary row, ``rows[i]`` the index of that row.
+    """
+    atoms = dictionary / (np.linalg.norm(dictionary, axis=1, keepdims=True) + 1e-12)
+    targets = directions / (np.linalg.norm(directions, axis=1, keepdims=True) + 1e-12)
+    similarity = targets @ atoms.T
+    return similarity.max(axis=1), similarity.argmax(axis=1)
+
+
 def mean_max_cosine(dictionary: np.ndarray, directions: np.ndarray) -> float:
     """Mean over planted ``directions`` ``[c, d]`` of the best cosine with a row of ``dictionary``.
 
     ``dictionary`` is ``[n, d]`` (raw or normalised). 1.0 means every direction is recovered.
     """
-    atoms = dictionary / (np.linalg.norm(dictionary, axis=1, keepdims=True) + 1e-12)
-    targets = directions / (np.linalg.norm(directions, axis=1, keepdims=True) + 1e-12)
-    return float(np.mean(np.max(targets @ atoms.T, axis=1)))
+    return float(np.mean(max_cosines(dictionary, directions)[0]))

@@ -4,28 +4,47 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from usae_jax.analysis.cam import CAMConfig, CAMResult
 
 
-def cam_report(result: CAMResult, config: CAMConfig) -> dict:
-    """JSON-ready summary: per concept and model, the start/final activations."""
+def cam_report(
+    result: CAMResult,
+    config: CAMConfig,
+    natural: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    image_ids: Sequence[str] | None = None,
+) -> dict:
+    """JSON-ready summary: per concept and model, the start/final activations.
+
+    Args:
+      result: the CAM run (``C`` concepts, ``M`` models).
+      config: its settings, stored in the report.
+      natural: optional :func:`usae_jax.analysis.trained.natural_image_maxima` for the same
+        concepts in the same order: adds ``best_natural_pre`` (the largest token-mean
+        pre-activation over the store's natural images) and ``best_natural_image`` (its index,
+        or its id from ``image_ids``) per concept and model.
+      image_ids: the store's image ids (``manifest["image_ids"]``), to name the images.
+    """
     rows = []
     for i, concept in enumerate(result.concepts.tolist()):
-        rows.append(
-            {
-                "concept": concept,
-                **{
-                    name: {
-                        "start_pre": float(result.start[i, m]),
-                        "final_pre": float(result.final[i, m]),
-                        "final_code": float(result.final_codes[i, m]),
-                    }
-                    for m, name in enumerate(result.model_names)
-                },
+        entry = {"concept": concept}
+        for m, name in enumerate(result.model_names):
+            entry[name] = {
+                "start_pre": float(result.start[i, m]),
+                "final_pre": float(result.final[i, m]),
+                "final_code": float(result.final_codes[i, m]),
             }
-        )
-    return {
+            if natural is not None:
+                image = int(natural[name]["image"][i])
+                entry[name]["best_natural_pre"] = float(natural[name]["value"][i])
+                entry[name]["best_natural_image"] = (
+                    image_ids[image] if image_ids is not None else image
+                )
+        rows.append(entry)
+    report = {
         "objective": "token-mean pre-ReLU BatchNorm output (eval mode) of the concept",
         "config": dataclasses.asdict(config),
         "models": list(result.model_names),
@@ -33,6 +52,12 @@ def cam_report(result: CAMResult, config: CAMConfig) -> dict:
         "seconds": round(result.seconds, 2),
         "seconds_per_concept": round(result.seconds / len(result.concepts), 2),
     }
+    if natural is not None:
+        report["natural_images"] = (
+            "best_natural_pre: the same objective's largest value over the store's images "
+            "(their tokens as stored, standardised as for training)"
+        )
+    return report
 
 
 def shrink_png(path: str, max_bytes: int = 1_000_000) -> str:

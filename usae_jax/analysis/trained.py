@@ -1,5 +1,5 @@
 """A trained USAE as the analysis tools need it: restored parameters, the store's
-standardisation, and concepts ranked by energy."""
+standardisation, concepts ranked by energy, and each concept's best natural image."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import numpy as np
 
 from usae_jax.checkpoint import Checkpointer
 from usae_jax.config import TrainConfig, USAEConfig, train_config_from_dict
+from usae_jax.data.source import PairedSource
 from usae_jax.data.store import read_manifest
 from usae_jax.loop import build_optimizers
 from usae_jax.metrics import encode_eval
 from usae_jax.train_state import create_train_state
-from usae_jax.usae.model import normalize_dictionary
+from usae_jax.usae.model import normalize_dictionary, pre_activations
 
 
 def load_trained_usae(workdir: str | os.PathLike, step: int | None = None):
@@ -39,14 +40,16 @@ def load_trained_usae(workdir: str | os.PathLike, step: int | None = None):
 
 def store_context(store_dir: str | os.PathLike) -> dict:
     """From a store manifest: ``{"grid": (h, w), "models": {name: {"layer", "backbone", "mean",
-    "std"}}}`` (``backbone`` is the key the extraction used, e.g. ``"dino"``)."""
+    "std"}}}`` (``backbone`` is the key the extraction used, e.g. ``"dino"``). ``"std"`` is the
+    divisor the loader standardises with: the manifest's std plus its ``std_epsilon``."""
     manifest = read_manifest(store_dir)
+    epsilon = float(manifest.get("std_epsilon", 0.0))
     models = {
         m["name"]: {
             "layer": m["layer"],
             "backbone": m["backbone"]["key"],
             "mean": float(m["mean"]),
-            "std": float(m["std"]),
+            "std": float(m["std"]) + epsilon,
         }
         for m in manifest["models"]
     }
@@ -74,3 +77,61 @@ def concept_energy(usae: USAEConfig, params: dict, stats: dict, batch: dict) -> 
 def most_energetic(energy: np.ndarray, count: int) -> list[int]:
     """Ids of the ``count`` concepts with the largest energy, largest first."""
     return [int(i) for i in np.argsort(-np.asarray(energy))[:count]]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _image_means(usae: USAEConfig, model: dict, stats: dict, x: jax.Array, tokens: int, concepts):
+    z, _ = pre_activations(
+        model, stats, x, train=False, momentum=usae.batchnorm_momentum, eps=usae.batchnorm_eps
+    )
+    return z[:, concepts].reshape(-1, tokens, concepts.shape[0]).mean(axis=1)
+
+
+def natural_image_maxima(
+    usae: USAEConfig,
+    params: dict,
+    stats: dict,
+    source: PairedSource,
+    tokens_per_image: int,
+    concepts: list[int],
+    batch_images: int = 64,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per model and concept, the largest CAM objective over the natural images of a store.
+
+    The CAM objective (:mod:`usae_jax.analysis.cam`) is a concept's pre-ReLU BatchNorm output
+    (eval mode) averaged over an image's tokens; here it is evaluated on every image of the store
+    (rows ``[i * T, (i + 1) * T)`` are image ``i``, ``T = tokens_per_image``), standardised as
+    for training, so a CAM image's activation can be compared with the best real image's.
+
+    Args:
+      source: the store's paired source (standardised), ``num_rows = images * T``.
+      tokens_per_image: ``T``.
+      concepts: the ``C`` concept ids.
+      batch_images: images encoded per jitted call.
+
+    Returns:
+      ``{name: {"value": [C] float, "image": [C] int}}``: the best token-mean pre-activation of
+      each concept and the index of the image reaching it.
+    """
+    if tokens_per_image < 1 or source.num_rows % tokens_per_image:
+        raise ValueError(
+            f"{source.num_rows} rows are not whole images of {tokens_per_image} tokens"
+        )
+    ids = jnp.asarray(concepts, jnp.int32)
+    images = source.num_rows // tokens_per_image
+    best = {n: np.full(len(concepts), -np.inf) for n in usae.model_names}
+    where = {n: np.zeros(len(concepts), np.int64) for n in usae.model_names}
+    for start in range(0, images, batch_images):
+        stop = min(images, start + batch_images)
+        rows = source.rows(np.arange(start * tokens_per_image, stop * tokens_per_image))
+        for name in usae.model_names:
+            means = np.asarray(
+                _image_means(
+                    usae, params["models"][name], stats[name], rows[name], tokens_per_image, ids
+                )
+            )  # [images in batch, C]
+            top = means.max(axis=0)
+            better = top > best[name]
+            best[name] = np.where(better, top, best[name])
+            where[name] = np.where(better, start + means.argmax(axis=0), where[name])
+    return {n: {"value": best[n], "image": where[n]} for n in usae.model_names}

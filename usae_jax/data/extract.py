@@ -209,8 +209,10 @@ def extract(
     if not writer.complete:
         stride = max(1, store.num_rows // config.stats_rows)
         rows = np.arange(0, store.num_rows, stride)
-        stats = Standardisation.fit({n: store.read(n, rows) for n in store.names})
-        writer.finish(stats.mean, stats.std)
+        stats = Standardisation.fit(
+            {n: store.read(n, rows) for n in store.names}, max_rows=None, row_ids=rows
+        )
+        writer.finish(stats.mean, stats.std, stats.epsilon)
     elapsed = time.perf_counter() - tic
     if progress and total > start:
         rate = (total - start) / elapsed

@@ -25,7 +25,8 @@ class StoreSource:
 
     Args:
       store: a :class:`~usae_jax.data.store.Store` or its directory.
-      standardise: apply the manifest's ``(x - mean) / std`` per model (the official recipe).
+      standardise: apply the manifest's ``(x - mean) / (std + std_epsilon)`` per model (the
+        official recipe; ``std_epsilon`` is 0 in stores written before it was recorded).
       names: the models to serve and their order (default: all, in manifest order).
       verify: check shard checksums when opening a directory.
     """
@@ -49,6 +50,7 @@ class StoreSource:
             Standardisation(
                 mean={n: models[n]["mean"] for n in self._names},
                 std={n: models[n]["std"] for n in self._names},
+                epsilon=float(self.store.manifest.get("std_epsilon", 0.0)),
             )
             if standardise
             else None
@@ -73,7 +75,7 @@ class StoreSource:
             block = self.store.read(name, indices)
             if self.standardisation is not None:
                 block = self.standardisation.apply(name, block)
-            check_finite(name, block, f"store {self.store.directory}")
+            check_finite(name, block, f"store {self.store.directory}", indices)
             out[name] = block
         return out
 

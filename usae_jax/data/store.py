@@ -10,8 +10,10 @@ flushed, fsynced and renamed into place and only then the manifest listing it is
 (write to a temporary file, fsync, ``os.replace``). A crash at any point therefore leaves a store
 whose manifest describes exactly the complete chunks; files of an uncommitted chunk are removed
 when the writer reopens the store. The manifest holds: the models (width, layer, dtype, backbone
-identity, scalar standardisation mean/std), the common token grid, the image ids in row order,
-per-shard row counts and sha256 checksums, and whether extraction completed.
+identity, scalar standardisation mean and unbiased std; the top-level ``std_epsilon`` is added to
+the std before dividing, 0 in stores written before it was recorded), the common token grid, the
+image ids in row order, per-shard row counts and sha256 checksums, and whether extraction
+completed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from usae_jax.data.source import STD_EPSILON, Standardisation
 
 FORMAT = "usae_jax.store/1"
 MANIFEST = "manifest.json"
@@ -208,13 +212,23 @@ class StoreWriter:
         write_manifest(self.directory, manifest)
         self.manifest = manifest
 
-    def finish(self, mean: Mapping[str, float], std: Mapping[str, float]) -> None:
-        """Record the per-model standardisation and mark the store complete."""
+    def finish(
+        self,
+        mean: Mapping[str, float],
+        std: Mapping[str, float],
+        std_epsilon: float = STD_EPSILON,
+    ) -> None:
+        """Record the per-model standardisation and mark the store complete.
+
+        Readers standardise with ``(x - mean) / (std + std_epsilon)``; ``std`` is the unbiased
+        (``ddof=1``) std, as in the official code.
+        """
         manifest = dict(self.manifest)
         manifest["models"] = [
             m | {"mean": float(mean[m["name"]]), "std": float(std[m["name"]])}
             for m in manifest["models"]
         ]
+        manifest["std_epsilon"] = float(std_epsilon)
         manifest["complete"] = True
         write_manifest(self.directory, manifest)
         self.manifest = manifest
@@ -309,8 +323,6 @@ def write_store(
     meta: Mapping[str, Any] | None = None,
 ) -> Store:
     """Write in-memory ``{name: [images * h * w, width]}`` as a complete store (tests, tools)."""
-    from usae_jax.data.source import Standardisation
-
     specs = [ModelSpec(name=n, width=int(a.shape[1]), dtype=dtype) for n, a in arrays.items()]
     writer = StoreWriter(directory, specs, grid, meta or {})
     per = int(np.prod(grid))
@@ -319,5 +331,5 @@ def write_store(
         rows = slice(start * per, (start + len(ids)) * per)
         writer.append(ids, {n: a[rows] for n, a in arrays.items()})
     stats = Standardisation.fit(dict(arrays))
-    writer.finish(stats.mean, stats.std)
+    writer.finish(stats.mean, stats.std, stats.epsilon)
     return Store(directory)
