@@ -85,6 +85,16 @@ def test_auxiliary_codes_equal_the_top_k_reference_with_ties_and_zeros():
     np.testing.assert_array_equal(np.count_nonzero(aux, axis=1), [4, 0])
 
 
+def test_auxiliary_codes_keep_denormals_and_nan_as_top_k_does():
+    pre = np.array(
+        [[TINY, 0, 3 * TINY, 0, 0, 0, 0, 0], [NAN, 1, 0, 0, 2, 0, 0, 0]], np.float32
+    )  # 2 of 8 positive per row: top_k's half also selects zeros, which change no code
+    codes = np.zeros_like(pre)
+    codes[1, 4] = 2.0  # chosen by the encoder's TopK: leaves a zero behind
+    aux = np.asarray(auxiliary_codes(jnp.asarray(pre), jnp.asarray(codes), rule="top_half"))
+    np.testing.assert_array_equal(aux, top_half_codes_by_sort(jnp.asarray(pre), codes))
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="keep"):
         top_half_mask(jnp.zeros((2, 4)), 5)

@@ -98,15 +98,22 @@ def auxiliary_codes(
 ) -> jax.Array:
     """The codes the auxiliary term decodes: ``[B, n], [B, n] -> [B, n]``.
 
-    * ``"top_half"`` (official): the top ``n // 2`` of ``relu(pre_codes) - codes`` per row.
+    * ``"top_half"`` (official): the top ``n // 2`` of ``relu(pre_codes) - codes`` per row,
+      exactly the values ``lax.top_k`` (``torch.topk``) selects. Where a row has fewer than
+      ``n // 2`` non-zero candidates, the zeros ``top_k`` also selects are left out of the
+      mask: they change no code, and kept they would only add ``g - g`` rounding to the
+      gradient of the chosen codes.
     * ``"dead_latents"`` (Gao et al. 2024): the top ``dead_k_aux`` of ``relu(pre_codes)`` among
       the concepts flagged in ``dead_mask`` ``[n]`` (all zeros when none is dead).
     Gradients flow through the kept values, not through the selection.
     """
     if rule == "top_half":
         unchosen = jax.nn.relu(pre_codes) - codes
-        mask = jax.lax.stop_gradient(top_half_mask(unchosen, unchosen.shape[1] // 2))
-        return jnp.where(mask, unchosen, 0.0)
+        # bit test, not `!= 0`: denormals count as non-zero even where they are flushed
+        bits = jax.lax.bitcast_convert_type(unchosen.astype(jnp.float32), jnp.uint32)
+        nonzero = (bits << 1) != 0
+        mask = top_half_mask(unchosen, unchosen.shape[1] // 2) & nonzero
+        return jnp.where(jax.lax.stop_gradient(mask), unchosen, 0.0)
     if rule == "dead_latents":
         if dead_mask is None:
             raise ValueError('rule="dead_latents" needs a dead_mask of shape [n]')
