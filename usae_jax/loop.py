@@ -202,7 +202,9 @@ def train(
             state, metrics = runner(state, batch, step)
             done = step + 1
             bar.update(1)
-            if done % config.log_every == 0 or done == end:
+            # Lines follow the schedule only (not ``stop_after``), so an interrupted and resumed
+            # run writes exactly the lines of an uninterrupted one.
+            if done % config.log_every == 0 or done == total_steps:
                 metrics = jax.device_get(metrics)
                 _check_finite(float(metrics.loss), last_checked, done)
                 last_checked = done
@@ -218,13 +220,16 @@ def train(
                 }
                 writer.write(done, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if done % config.checkpoint_every == 0 or done == end:
+            scheduled = done % config.checkpoint_every == 0
+            if scheduled or done == end:
                 _check_finite(float(jax.device_get(metrics.loss)), last_checked, done)
-                checkpointer.save(done, state)
-                if done < total_steps:  # the final R² is in the final record
+                if scheduled and done < total_steps:  # the final R² is in the final record
+                    # Written before the save: a crash in between resumes from an earlier
+                    # checkpoint, which drops this line and writes it again.
                     host = jax.device_get((state.params, state.batch_stats))
                     r2 = evaluate(usae, *host, eval_batch(config, source))["r2"]
                     writer.write(done, {"r2": r2})
+                checkpointer.save(done, state)
     finally:
         batches.close()
         bar.close()
