@@ -265,3 +265,15 @@ def test_jsonl_writer_cut_on_resume(tmp_path):
     path.write_text('{"step": 2, "loss": 1.0}\n{"st')  # torn before the first checkpoint
     JsonlWriter(path, resume_step=0)
     assert path.read_text() == ""
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(planted, tmp_path, capsys):
+    config = _config(data_parallel=1, num_steps=20, log_every=10, checkpoint_every=20)
+    train(dataclasses.replace(config, progress_bar=True), tmp_path, planted.source())
+    err = capsys.readouterr().err
+    assert "\r" not in err  # no bar redraws in a log
+    lines = [line for line in err.splitlines() if line.startswith("train USAE: ")]
+    assert [line.split(",")[0] for line in lines] == [
+        f"train USAE: {n}/20 step ({5 * n}%)" for n in range(2, 21, 2)
+    ]
+    assert "loss=" in lines[-1]

@@ -14,7 +14,6 @@ import time
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from usae_jax import config as config_lib
 from usae_jax.checkpoint import Checkpointer
@@ -25,6 +24,7 @@ from usae_jax.distributed import ProcessShare
 from usae_jax.metrics import dead_fraction, evaluate
 from usae_jax.optim import make_optimizer, schedule_for
 from usae_jax.plots import plot_r2_matrix, plot_training_curves
+from usae_jax.progress import progress
 from usae_jax.sharding import must_block_each_step, replicated, row_sharded, shard_rows
 from usae_jax.train_state import TrainState, create_train_state
 from usae_jax.train_step import (
@@ -182,13 +182,8 @@ def train(
     end = total_steps if stop_after is None else min(total_steps, stop_after)
 
     last_checked = start
-    bar = tqdm(
-        total=total_steps,
-        initial=start,
-        desc="train USAE",
-        disable=not config.progress_bar,
-        unit="step",
-        dynamic_ncols=True,
+    bar = progress(
+        total_steps, initial=start, desc="train USAE", unit="step", enabled=config.progress_bar
     )
     batches = prefetch_to_mesh(
         ProcessShare(source),
