@@ -85,3 +85,15 @@ def test_bad_progress_arguments():
         PlainProgress(10, stream=io.StringIO(), interval_s=0)
     with pytest.raises(ValueError, match=">= 0"):
         PlainProgress(-1, stream=io.StringIO())
+
+
+@pytest.mark.parametrize("total", [7, 11, 37, 999, 1234])
+def test_ten_lines_whatever_the_total(total):
+    out = io.StringIO()
+    bar = PlainProgress(total, unit="img", stream=out, clock=FakeClock())
+    for _ in range(total):
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == min(total, 10), lines
+    assert lines[-1].startswith(f"{total}/{total} img (100%)")

@@ -9,9 +9,11 @@ gone by, whichever comes first, and one at the end.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from typing import IO, Protocol
 
 from tqdm.auto import tqdm
@@ -80,9 +82,12 @@ class PlainProgress:
         self._closed = False
 
     def _mark_after(self, n: int) -> int:
-        """The first multiple of ``fraction * total`` above ``n`` (as a count of work)."""
-        step = max(1.0, self._fraction * self.total)
-        return int((n // step + 1) * step)
+        """The first count above ``n`` that reaches the next multiple of ``fraction * total``
+        (exact rational arithmetic: float multiples like ``0.1 * 11`` would drift)."""
+        size = Fraction(self._fraction).limit_denominator(10**6) * self.total
+        if size == 0:
+            return n + 1
+        return math.ceil((math.floor(n / size) + 1) * size)
 
     def update(self, n: int = 1) -> None:
         """Record ``n`` more units of work; print a line if a mark or the interval is passed."""
