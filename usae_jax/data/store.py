@@ -168,7 +168,8 @@ class StoreWriter:
     """Appends committed chunks to a store; reopening resumes after the last committed chunk.
 
     Args:
-      directory: the store folder (created if needed).
+      directory: the store folder: new, empty, or a store to resume. A non-empty folder
+        without a manifest is refused (``StoreError``), its files untouched.
       specs: the models; must equal the manifest's when resuming.
       grid: common token grid ``(h, w)``; rows per image is ``h * w``.
       meta: extraction settings; must equal the manifest's when resuming (so a resumed run
