@@ -41,7 +41,7 @@ flags.DEFINE_enum(
     "random_one: official, one source model per step; all: every model per step.",
 )
 flags.DEFINE_integer("data_parallel", None, "Devices on the data axis (default: all devices).")
-flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("progress", True, "Show progress (a bar on a terminal, plain lines in logs).")
 flags.DEFINE_string("coordinator", None, "Multi-host: host:port of process 0 (jax.distributed).")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")

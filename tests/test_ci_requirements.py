@@ -1,4 +1,4 @@
-"""In CI (``CI=true``) a missing parity fixture or torch fails the run; elsewhere they skip."""
+"""In CI a missing parity fixture (``CI=true``) or torch (``USAE_NO_SKIPS=1``) fails; else they skip."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_pytest(test: str, ci: str | None, **env_overrides) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "CI"}
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "USAE_NO_SKIPS")}
     env.update(env_overrides)
     if ci is not None:
         env["CI"] = ci
@@ -24,11 +24,12 @@ def _run_parity_test(tmp_path, ci: str | None) -> subprocess.CompletedProcess:
     return _run_pytest(test, ci, USAE_PARITY_FIXTURE=str(tmp_path / "missing.npz"))
 
 
-def _run_torch_test_without_torch(tmp_path, ci: str | None) -> subprocess.CompletedProcess:
+def _run_torch_test_without_torch(tmp_path, no_skips: bool) -> subprocess.CompletedProcess:
     (tmp_path / "torch.py").write_text('raise ImportError("torch hidden for this test")\n')
     path = os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])
     test = "tests/test_clipping.py::test_clip_matches_torch_on_hand_made_gradients"
-    return _run_pytest(test, ci, PYTHONPATH=path)
+    extra = {"USAE_NO_SKIPS": "1"} if no_skips else {}
+    return _run_pytest(test, None, PYTHONPATH=path, **extra)
 
 
 def test_missing_parity_fixture_fails_in_ci(tmp_path):
@@ -46,10 +47,10 @@ def test_missing_parity_fixture_skips_outside_ci(tmp_path, ci):
     assert "1 skipped" in result.stdout, result.stdout
 
 
-def test_missing_torch_fails_in_ci_and_skips_outside(tmp_path):
-    in_ci = _run_torch_test_without_torch(tmp_path, "true")
+def test_missing_torch_fails_with_no_skips_and_skips_otherwise(tmp_path):
+    in_ci = _run_torch_test_without_torch(tmp_path, no_skips=True)
     assert in_ci.returncode != 0, in_ci.stdout
-    assert "1 error" in in_ci.stdout and "torch is not installed" in in_ci.stdout, in_ci.stdout
-    outside = _run_torch_test_without_torch(tmp_path, None)
+    assert "skipped" not in in_ci.stdout and "torch is not installed" in in_ci.stdout, in_ci.stdout
+    outside = _run_torch_test_without_torch(tmp_path, no_skips=False)
     assert outside.returncode == 0, outside.stdout
     assert "1 skipped" in outside.stdout, outside.stdout

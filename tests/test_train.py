@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ from usae_jax.loop import (
 from usae_jax.run import OUTPUTS
 from usae_jax.sharding import shard_rows
 from usae_jax.train_state import create_train_state
-from usae_jax.writers import read_jsonl
+from usae_jax.writers import JsonlWriter, read_jsonl
 
 PLANTED = PlantedConfig(widths=(12, 8, 16), num_shared=6, num_specific=3, rows=512, seed=1)
 
@@ -233,3 +234,56 @@ def test_resume_accepts_operational_changes_and_older_configs(planted, tmp_path)
     assert training_identity(older) == training_identity(to_dict(config))
     with pytest.raises(ValueError, match="unknown training config fields"):
         training_identity({**to_dict(config), "mystery": 1})
+
+
+def test_resume_after_a_crash_keeps_the_metrics_of_the_restored_step(planted, tmp_path):
+    """A run killed after its step-4 checkpoint, with lines of steps 5..8 written (the last one
+    torn), resumes from step 4 and ends with the uninterrupted run's metrics.jsonl, line for
+    line: the restored step's loss and R² lines are kept, nothing after them."""
+    config = _config(data_parallel=2)
+    train(config, tmp_path / "whole", planted.source())
+    expected = (tmp_path / "whole" / "metrics.jsonl").read_text()
+    crashed = tmp_path / "crashed"
+    train(config, crashed, planted.source())
+    shutil.rmtree(crashed / "checkpoints" / "8")  # killed before the step-8 checkpoint
+    lines = (crashed / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert [json.loads(line)["step"] for line in lines] == [2, 4, 4, 6, 8, 8]
+    cut = "".join(lines[:4]) + lines[4][: len(lines[4]) // 2]  # loss at 6, half the line of 8
+    (crashed / "metrics.jsonl").write_text(cut)
+    resumed = train(config, crashed, planted.source())
+    assert int(resumed.state.step) == 8
+    assert (crashed / "metrics.jsonl").read_text() == expected
+
+
+def test_jsonl_writer_cut_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.5}\n{"step": 4, "r2": [[1.0]]}\n'
+        '{"step": 4, "final": {"r2": [[1.0]]}}\n{"step": 6, "loss": 0.2}\n{"step": 8, "lo'
+    )
+    JsonlWriter(path, resume_step=4).write(6, {"loss": 0.3})
+    assert [(r["step"], sorted(r)) for r in read_jsonl(path)] == [
+        (2, ["loss", "step"]),
+        (4, ["loss", "step"]),
+        (4, ["r2", "step"]),
+        (6, ["loss", "step"]),
+    ]
+    assert read_jsonl(path)[-1]["loss"] == 0.3
+    path.write_text('{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.5}')  # no final newline
+    JsonlWriter(path, resume_step=4).write(6, {"loss": 0.3})
+    assert [r["step"] for r in read_jsonl(path)] == [2, 4, 6]
+    path.write_text('{"step": 2, "loss": 1.0}\n{"st')  # torn before the first checkpoint
+    JsonlWriter(path, resume_step=0)
+    assert path.read_text() == ""
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(planted, tmp_path, capsys):
+    config = _config(data_parallel=1, num_steps=20, log_every=10, checkpoint_every=20)
+    train(dataclasses.replace(config, progress_bar=True), tmp_path, planted.source())
+    err = capsys.readouterr().err
+    assert "\r" not in err  # no bar redraws in a log
+    lines = [line for line in err.splitlines() if line.startswith("train USAE: ")]
+    assert [line.split(",")[0] for line in lines] == [
+        f"train USAE: {n}/20 step ({5 * n}%)" for n in range(2, 21, 2)
+    ]
+    assert "loss=" in lines[-1]

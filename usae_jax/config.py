@@ -250,7 +250,8 @@ class TrainConfig:
     """Rows used for the R² matrix in logs and the final report (from the start of the source)."""
 
     progress_bar: bool = True
-    """Show a tqdm progress bar."""
+    """Show progress: a tqdm bar on a terminal, a plain line every 10% of the steps (or every
+    60 s) when stderr is not a terminal (CI, ``nohup`` logs)."""
 
     def __post_init__(self):
         _require(self.batch_rows > 1, "batch_rows", self.batch_rows, "must be > 1 (BatchNorm)")

@@ -14,7 +14,6 @@ import time
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from usae_jax import config as config_lib
 from usae_jax.checkpoint import Checkpointer
@@ -25,6 +24,7 @@ from usae_jax.distributed import ProcessShare
 from usae_jax.metrics import dead_fraction, evaluate
 from usae_jax.optim import make_optimizer, schedule_for
 from usae_jax.plots import plot_r2_matrix, plot_training_curves
+from usae_jax.progress import progress
 from usae_jax.sharding import must_block_each_step, replicated, row_sharded, shard_rows
 from usae_jax.train_state import TrainState, create_train_state
 from usae_jax.train_step import (
@@ -182,13 +182,8 @@ def train(
     end = total_steps if stop_after is None else min(total_steps, stop_after)
 
     last_checked = start
-    bar = tqdm(
-        total=total_steps,
-        initial=start,
-        desc="train USAE",
-        disable=not config.progress_bar,
-        unit="step",
-        dynamic_ncols=True,
+    bar = progress(
+        total_steps, initial=start, desc="train USAE", unit="step", enabled=config.progress_bar
     )
     batches = prefetch_to_mesh(
         ProcessShare(source),
@@ -202,7 +197,9 @@ def train(
             state, metrics = runner(state, batch, step)
             done = step + 1
             bar.update(1)
-            if done % config.log_every == 0 or done == end:
+            # Lines follow the schedule only (not ``stop_after``), so an interrupted and resumed
+            # run writes exactly the lines of an uninterrupted one.
+            if done % config.log_every == 0 or done == total_steps:
                 metrics = jax.device_get(metrics)
                 _check_finite(float(metrics.loss), last_checked, done)
                 last_checked = done
@@ -218,13 +215,16 @@ def train(
                 }
                 writer.write(done, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if done % config.checkpoint_every == 0 or done == end:
+            scheduled = done % config.checkpoint_every == 0
+            if scheduled or done == end:
                 _check_finite(float(jax.device_get(metrics.loss)), last_checked, done)
-                checkpointer.save(done, state)
-                if done < total_steps:  # the final R² is in the final record
+                if scheduled and done < total_steps:  # the final R² is in the final record
+                    # Written before the save: a crash in between resumes from an earlier
+                    # checkpoint, which drops this line and writes it again.
                     host = jax.device_get((state.params, state.batch_stats))
                     r2 = evaluate(usae, *host, eval_batch(config, source))["r2"]
                     writer.write(done, {"r2": r2})
+                checkpointer.save(done, state)
     finally:
         batches.close()
         bar.close()
