@@ -50,6 +50,8 @@ def torch_module():
     installs torch and sets ``USAE_NO_SKIPS=1``, which turns this skip into a failure.
     """
     return pytest.importorskip("torch", reason="torch is not installed")
+
+
 # `.ci/run` installs every optional package (torch, the pretrained-weight wheels, the extract
 # extra) for its Python 3.11 run and sets USAE_NO_SKIPS=1 there: then a skipped test or module
 # (a failed import, a missing fixture) is a failure, so tests cannot vanish silently. Without

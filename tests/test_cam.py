@@ -71,18 +71,18 @@ def test_phase_images_are_natural_and_bounded():
 @pytest.mark.parametrize("shared", [False, True])
 def test_cam_raises_planted_concepts_in_every_model(setup, tmp_path, shared):
     models, usae, params, stats, _ = setup
-    config = cam.CAMConfig(**{**SMALL.__dict__, "shared_image": shared})
+    # One image for all models optimises their summed activation, so a model can trade off
+    # against the others early on: after 12 steps concept 7 still fell by 0.008 in dino_l1.
+    steps = 40 if shared else 12
+    config = cam.CAMConfig(**{**SMALL.__dict__, "shared_image": shared, "steps": steps})
     result = cam.run_cam(config, models, usae, params, stats, (3, 3), CONCEPTS)
     per_image = 1 if shared else 3
     assert result.images.shape == (2, per_image, 32, 32, 3)
-    assert result.history.shape == (12, 2, 3)
-    gain = result.final - result.start
-    if shared:
-        # One image for all models: their summed activation rises (models may trade off).
-        assert np.all(gain.sum(axis=1) > 0.1), gain
-    else:
-        # Measured at seed 0: gains 0.06 .. 0.15 after 12 steps; every one must be positive.
-        assert np.all(gain > 0.03), gain
+    assert result.history.shape == (steps, 2, 3)
+    gain = result.final - result.start  # [concept, model]
+    # Every concept rises in every model. Measured at seed 0: separate images, 12 steps: gains
+    # 0.06 .. 0.17; one shared image, 40 steps: 0.026 .. 0.49.
+    assert np.all(gain > (0.01 if shared else 0.03)), gain
     path = cam_output.save_cam_png(result, str(tmp_path / "cam.png"))
     with PIL.open(path) as image:
         assert image.size[0] > 100 and image.size[1] > 100

@@ -21,7 +21,7 @@ from usae_jax.concept_sharding import DATA, create_mesh_2d, sharded_ops, state_s
 from usae_jax.data.loader import prefetch_to_mesh
 from usae_jax.data.source import PairedSource, check_matches
 from usae_jax.distributed import ProcessShare
-from usae_jax.metrics import dead_fraction, evaluate
+from usae_jax.metrics import dead_fraction, evaluate, r2_label
 from usae_jax.optim import make_optimizer, schedule_for
 from usae_jax.plots import plot_r2_matrix, plot_training_curves
 from usae_jax.progress import progress
@@ -48,7 +48,8 @@ class TrainResult:
     """The final training state (on the devices)."""
 
     final_metrics: dict
-    """``r2`` and ``r2_per_feature`` ``[M, M]`` lists, ``l0``, ``dead_fraction``, ``steps``."""
+    """``r2`` and ``r2_per_feature`` ``[M, M]`` lists, ``r2_encoding``, ``l0``, ``dead_recent``
+    (concepts not fired in the last ``dead_recent_rows`` training rows), ``steps``."""
 
     seconds: float
     """Wall time of this call (compilation included)."""
@@ -208,10 +209,10 @@ def train(
                     "target_losses": np.asarray(metrics.target_losses),
                     "l0": float(metrics.l0),
                     "source": runner.source_of(step) or "all",
-                    "dead_fraction": dead_fraction(
-                        jax.device_get(state.tokens_since_fired),
-                        steps_per_epoch * config.batch_rows,
+                    "dead_recent": dead_fraction(
+                        jax.device_get(state.tokens_since_fired), recent_rows(config, source)
                     ),
+                    "dead_recent_rows": recent_rows(config, source),
                 }
                 writer.write(done, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -222,8 +223,8 @@ def train(
                     # Written before the save: a crash in between resumes from an earlier
                     # checkpoint, which drops this line and writes it again.
                     host = jax.device_get((state.params, state.batch_stats))
-                    r2 = evaluate(usae, *host, eval_batch(config, source))["r2"]
-                    writer.write(done, {"r2": r2})
+                    scores = evaluate(usae, *host, eval_batch(config, source))
+                    writer.write(done, {"r2": scores["r2"], "r2_encoding": scores["encoding"]})
                 checkpointer.save(done, state)
     finally:
         batches.close()
@@ -241,20 +242,27 @@ def eval_batch(config, source: PairedSource) -> dict:
     return source.batch(0, min(config.eval_rows, source.num_rows), config.seed + 1)
 
 
+def recent_rows(config, source: PairedSource) -> int:
+    """The window of ``dead_recent``: the training rows of one epoch's whole steps."""
+    return max(1, source.num_rows // config.batch_rows) * config.batch_rows
+
+
 def final_report(config, workdir, source: PairedSource, state: TrainState) -> dict:
-    """R² matrices (both centrings), L0 and dead fractions; writes ``r2_matrix.png``."""
+    """R² matrices (both centrings, each model's own sparsity rule), L0 and ``dead_recent``
+    fractions; writes ``r2_matrix.png``."""
     usae = config.usae
     batch = eval_batch(config, source)
     rows = len(next(iter(batch.values())))
     host = jax.device_get((state.params, state.batch_stats, state.tokens_since_fired))
     params, stats, tokens = host
     result = evaluate(usae, params, stats, batch)
-    steps_per_epoch = max(1, source.num_rows // config.batch_rows)
     report = {
         "r2": result["r2"].tolist(),
         "r2_per_feature": result["r2_per_feature"].tolist(),
+        "r2_encoding": result["encoding"],
         "l0": dict(zip(usae.model_names, result["l0"].tolist(), strict=True)),
-        "dead_fraction": dead_fraction(tokens, steps_per_epoch * config.batch_rows),
+        "dead_recent": dead_fraction(tokens, recent_rows(config, source)),
+        "dead_recent_rows": recent_rows(config, source),
         "eval_rows": rows,
     }
     if jax.process_index() == 0:
@@ -265,6 +273,6 @@ def final_report(config, workdir, source: PairedSource, state: TrainState) -> di
             result["r2"],
             usae.model_names,
             os.path.join(workdir, "r2_matrix.png"),
-            title=f"USAE R² (scalar centring), {rows} rows",
+            title=f"{r2_label(usae)}, {rows} rows",
         )
     return report

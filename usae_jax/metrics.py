@@ -1,7 +1,15 @@
 """Evaluation metrics of a trained USAE: the R² matrix, sparsity, dead concepts, recovery.
 
 Evaluation encodes each model's activations with its own encoder, BatchNorm in eval mode
-(running statistics), as the paper's analysis does.
+(running statistics), as the paper's analysis does, and with the model's own sparsity rule
+(:func:`encode_models_eval`): each model its own TopK for a USAE or a local-TopK SPARC model,
+one support from every stream's summed logits for a global-TopK SPARC model. The rule is named
+(:func:`encoding_name`) wherever an R² is printed or stored.
+
+Two meanings of "dead" are kept apart by name: training reports ``dead_recent``, the concepts
+that did not fire in the last ``dead_recent_rows`` training rows (:func:`dead_fraction`); the
+analysis reports ``dead_on_data``, the concepts never non-zero on the analysed rows
+(:mod:`usae_jax.analysis.statistics`).
 """
 
 from __future__ import annotations
@@ -13,11 +21,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import USAEConfig
+from usae_jax.sparc import encode_streams
 from usae_jax.usae.model import Encoded, decode, encode
+
+ENCODING_NAMES = {"local_topk": "local TopK", "global_topk": "global TopK"}
+"""How each sparsity rule's evaluation encoding is named in printed and stored results."""
+
+
+def encoding_name(usae: USAEConfig) -> str:
+    """The evaluation encoding of ``usae``: "local TopK" (each model keeps its own top ``k``)
+    or "global TopK" (one support of ``k`` concepts per row from every stream's summed logits)."""
+    return ENCODING_NAMES[usae.sparsity]
+
+
+def r2_label(usae: USAEConfig, centring: str = "scalar") -> str:
+    """E.g. ``"R² (global TopK encoding, scalar centring)"``."""
+    centrings = {"scalar": "scalar centring", "per_feature": "per-feature centring"}
+    if centring not in centrings:
+        raise ValueError(f"unknown centring {centring!r}: 'scalar' or 'per_feature'")
+    return f"R² ({encoding_name(usae)} encoding, {centrings[centring]})"
 
 
 def encode_eval(usae: USAEConfig, model_params: dict, stats: dict, x: jax.Array) -> Encoded:
-    """Encode ``x`` ``[B, d]`` in eval mode (running BatchNorm statistics)."""
+    """Encode one model's rows ``x`` ``[B, d]`` in eval mode (running BatchNorm statistics).
+
+    Only for rules where a model's code depends on its own rows alone (local TopK); a
+    global-TopK model needs every stream: use :func:`encode_models_eval`.
+    """
+    if usae.sparsity != "local_topk":
+        raise ValueError(
+            f"sparsity={usae.sparsity!r} picks one support from every stream's logits, so one "
+            "model cannot be encoded alone: use encode_models_eval on a paired batch"
+        )
     encoded, _ = encode(
         model_params,
         stats,
@@ -28,6 +63,23 @@ def encode_eval(usae: USAEConfig, model_params: dict, stats: dict, x: jax.Array)
         eps=usae.batchnorm_eps,
     )
     return encoded
+
+
+def encode_models_eval(
+    usae: USAEConfig, params: dict, stats: dict, batch: dict[str, jax.Array]
+) -> dict[str, Encoded]:
+    """Encode every model's rows of a paired batch ``{name: [B, d_name]}`` with its own rule.
+
+    USAE: each model's encoder, eval-mode BatchNorm and its own TopK (:func:`encode_eval`).
+    SPARC: the affine stream encoders under ``usae.sparsity`` (global TopK: one support per row
+    for every stream). Returns ``{name: Encoded}`` with ``[B, n]`` codes.
+    """
+    if usae.architecture == "sparc":
+        return encode_streams(usae, params["models"], batch)
+    return {
+        name: encode_eval(usae, params["models"][name], stats[name], batch[name])
+        for name in usae.model_names
+    }
 
 
 def r_squared(x: jax.Array, x_hat: jax.Array, centring: str = "scalar") -> jax.Array:
@@ -50,8 +102,9 @@ def r_squared(x: jax.Array, x_hat: jax.Array, centring: str = "scalar") -> jax.A
 def _cross_r2(usae: USAEConfig, params: dict, stats: dict, batch: dict):
     names = usae.model_names
     scalar, feature, l0 = [], [], []
+    encodings = encode_models_eval(usae, params, stats, batch)
     for source in names:
-        encoded = encode_eval(usae, params["models"][source], stats[source], batch[source])
+        encoded = encodings[source]
         l0.append(jnp.mean(jnp.sum(encoded.codes > 0, axis=1).astype(jnp.float32)))
         row_s, row_f = [], []
         for target in names:
@@ -64,17 +117,27 @@ def _cross_r2(usae: USAEConfig, params: dict, stats: dict, batch: dict):
 
 
 def evaluate(usae: USAEConfig, params: dict, stats: dict, batch: dict[str, np.ndarray]) -> dict:
-    """R² matrices and L0 on one paired batch ``{name: [B, d]}``.
+    """R² matrices and L0 on one paired batch ``{name: [B, d]}``, each model encoded with its own
+    sparsity rule (:func:`encode_models_eval`).
 
     Returns ``{"r2": [M, M] (scalar centring, row = encoding model, column = decoded model),
-    "r2_per_feature": [M, M], "l0": [M]}`` as numpy arrays.
+    "r2_per_feature": [M, M], "l0": [M]}`` as numpy arrays and ``"encoding"``, the rule's name
+    (:func:`encoding_name`).
     """
     scalar, feature, l0 = jax.device_get(_cross_r2(usae, params, stats, batch))
-    return {"r2": np.asarray(scalar), "r2_per_feature": np.asarray(feature), "l0": np.asarray(l0)}
+    return {
+        "r2": np.asarray(scalar),
+        "r2_per_feature": np.asarray(feature),
+        "l0": np.asarray(l0),
+        "encoding": encoding_name(usae),
+    }
 
 
 def dead_fraction(tokens_since_fired: dict, threshold_rows: int) -> dict[str, float]:
-    """Fraction of concepts per model that did not fire in the last ``threshold_rows`` rows."""
+    """Fraction of concepts per model that did not fire in the last ``threshold_rows`` training
+    rows (stored as ``dead_recent``); ``tokens_since_fired`` is ``{name: [n]}``.
+
+    Not the analysis's ``dead_on_data`` (never non-zero on the analysed rows)."""
     return {
         name: float(np.mean(np.asarray(count) >= threshold_rows))
         for name, count in tokens_since_fired.items()

@@ -70,18 +70,24 @@ def train_and_report(
 
 
 def format_summary(names: tuple[str, ...], summary: dict) -> str:
-    """A short human-readable table of the summary."""
+    """A short human-readable table of the summary (also of a ``summary.json`` written before
+    the R² encoding and ``dead_recent`` were named: it read ``dead_fraction`` then)."""
     width = max(len(n) for n in names) + 2
+    encoding = summary.get("r2_encoding", "local TopK")
     lines = [
-        f"R² matrix (row: encoded from, column: decoded into; scalar centring, "
-        f"{summary['eval_rows']} rows)"
+        f"R² matrix (row: encoded from, column: decoded into; {encoding} encoding, scalar "
+        f"centring, {summary['eval_rows']} rows)"
     ]
     lines.append(" " * width + "".join(f"{n:>{width}}" for n in names))
     for name, row in zip(names, np.asarray(summary["r2"]), strict=True):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}.3f}" for v in row))
     lines.append("L0: " + ", ".join(f"{n} {summary['l0'][n]:.1f}" for n in names))
+    dead = summary.get("dead_recent", summary.get("dead_fraction"))
+    window = summary.get("dead_recent_rows")
+    window = f"the last {window}" if window else "the last epoch's"
     lines.append(
-        "dead concepts: " + ", ".join(f"{n} {summary['dead_fraction'][n]:.1%}" for n in names)
+        f"dead concepts (not fired in {window} training rows): "
+        + ", ".join(f"{n} {dead[n]:.1%}" for n in names)
     )
     if "recovery" in summary:
         lines.append(

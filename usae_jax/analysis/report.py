@@ -31,7 +31,7 @@ from usae_jax.config import TrainConfig, to_dict, train_config_from_dict
 from usae_jax.data.planted import PlantedData
 from usae_jax.data.source import ArraySource
 from usae_jax.loop import build_optimizers
-from usae_jax.metrics import mean_max_cosine
+from usae_jax.metrics import mean_max_cosine, r2_label
 from usae_jax.plots import plot_r2_matrix
 from usae_jax.train_state import create_train_state
 from usae_jax.usae.model import normalize_dictionary
@@ -201,7 +201,7 @@ def analyze(
         ],
     }
     pngs = [
-        plot_r2_matrix(statistics.r2, names, out / "r2_matrix.png", "R² (scalar centring)"),
+        plot_r2_matrix(statistics.r2, names, out / "r2_matrix.png", r2_label(config.usae)),
         figures.plot_entropy_histogram(entropy, fired, out / "firing_entropy.png"),
         figures.plot_cofiring_matrix(results["cofiring_matrix"], names, out / "cofiring.png"),
         figures.plot_universality_scatter(

@@ -16,7 +16,7 @@ from usae_jax.config import TrainConfig, USAEConfig, train_config_from_dict
 from usae_jax.data.source import PairedSource
 from usae_jax.data.store import read_manifest
 from usae_jax.loop import build_optimizers
-from usae_jax.metrics import encode_eval
+from usae_jax.metrics import encode_models_eval
 from usae_jax.train_state import create_train_state
 from usae_jax.usae.model import normalize_dictionary, pre_activations
 
@@ -59,9 +59,10 @@ def store_context(store_dir: str | os.PathLike) -> dict:
 @functools.partial(jax.jit, static_argnums=(0,))
 def _energy(usae: USAEConfig, params: dict, stats: dict, batch: dict) -> jax.Array:
     total = jnp.zeros((usae.num_concepts,), jnp.float32)
+    encoded = encode_models_eval(usae, params, stats, batch)
     for name in usae.model_names:
         model = params["models"][name]
-        codes = encode_eval(usae, model, stats[name], batch[name]).codes
+        codes = encoded[name].codes
         atoms = normalize_dictionary(model["dictionary"])
         total = total + jnp.linalg.norm(jnp.mean(codes, axis=0)[:, None] * atoms, axis=1)
     return total
@@ -70,7 +71,7 @@ def _energy(usae: USAEConfig, params: dict, stats: dict, batch: dict) -> jax.Arr
 def concept_energy(usae: USAEConfig, params: dict, stats: dict, batch: dict) -> np.ndarray:
     """``[n]`` energy of each concept on one paired standardised batch ``{name: [B, d]}``: the
     official analysis code's ``sum_m ||E_x[z_m(x)_c] D̂_m[c]||`` (unsquared norm, each model
-    encoding its own activations, eval-mode BatchNorm)."""
+    encoding its own activations, eval-mode BatchNorm, the model's own sparsity rule)."""
     return np.asarray(_energy(usae, params, stats, {k: jnp.asarray(v) for k, v in batch.items()}))
 
 
