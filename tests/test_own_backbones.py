@@ -84,6 +84,21 @@ def test_vision_equals_torch(vision_model, safe):
     assert diff < TOL
 
 
+def test_vit_in_transformers_5_naming(tmp_path):
+    """transformers 5 can save its own ViT module names; the key table reads those too."""
+    if int(tf.__version__.split(".")[0]) < 5:
+        pytest.skip("save_original_format needs transformers >= 5")
+    torch.manual_seed(0)
+    model = tf.ViTModel(tf.ViTConfig(**TINY, image_size=32, patch_size=8)).eval()
+    model.save_pretrained(tmp_path, save_original_format=False)
+    keys = weights.read_state_dict(weights.find_checkpoint(tmp_path))
+    assert "layers.0.attention.q_proj.weight" in keys
+    bb = convert.load_hf_vision(tmp_path)
+    pixels = bb.preprocess(images())
+    ref = torch_states(model, pixels)
+    assert max_diff(bb.apply(bb.params, pixels, bb.layers), bb.layers, ref) < TOL
+
+
 @pytest.mark.parametrize("family", ["dinov2", "dinov2_with_registers"])
 @pytest.mark.parametrize("size", [40, 72], ids=["down", "up"])
 def test_dinov2_interpolates_positions_as_torch(tmp_path, family, size):
@@ -206,11 +221,18 @@ HF_TO_TIMM = (  # HF key regex -> timm key (independent of convert.TIMM_KEYS)
 )
 
 
-def to_timm(model):
+def saved_state_dict(model, directory):
+    """The state dict as ``save_pretrained`` writes it (transformers 5 renames some modules in
+    memory, not on disk)."""
+    model.save_pretrained(directory)
+    return weights.read_state_dict(weights.find_checkpoint(directory))
+
+
+def to_timm(model, directory):
     """A transformers ViT/DINOv2 state dict renamed to timm / torch.hub keys (qkv fused)."""
     import re
 
-    sd = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    sd = saved_state_dict(model, directory)
     out = {}
     for key, value in sd.items():
         for pattern, target in HF_TO_TIMM:
@@ -240,7 +262,7 @@ def save_state_dict(sd, path):
 def test_timm_vit(tmp_path, suffix):
     torch.manual_seed(0)
     model = tf.ViTModel(tf.ViTConfig(**TINY, image_size=32, patch_size=8, layer_norm_eps=1e-6))
-    sd = to_timm(model.eval())
+    sd = to_timm(model.eval(), tmp_path / "hf")
     sd["head.weight"] = np.zeros((10, 32), np.float32)  # classifier: ignored
     save_state_dict(sd, tmp_path / f"vit{suffix}")
     bb = convert.load_timm(tmp_path / f"vit{suffix}", "timm_vit", num_heads=2)
@@ -262,7 +284,7 @@ def test_hub_dinov2(tmp_path, registers, size):
         model = tf.Dinov2WithRegistersModel(config).eval()
     else:
         model = tf.Dinov2Model(tf.Dinov2Config(**TINY, image_size=56, patch_size=8)).eval()
-    save_state_dict(to_timm(model), tmp_path / "dinov2.pth")
+    save_state_dict(to_timm(model, tmp_path / "hf"), tmp_path / "dinov2.pth")
     bb = convert.load_timm(tmp_path / "dinov2.pth", "hub_dinov2", num_heads=2, image_size=size)
     assert bb.num_prefix == 1 + registers and bb.grid == (size // 8, size // 8)
     pixels = bb.preprocess(images(size=size))
@@ -275,7 +297,8 @@ def test_hub_dinov2(tmp_path, registers, size):
 def test_timm_siglip(tmp_path):
     torch.manual_seed(0)
     model = tf.SiglipVisionModel(tf.SiglipVisionConfig(**TINY, image_size=32, patch_size=8))
-    sd = {k.removeprefix("vision_model."): v.numpy() for k, v in model.eval().state_dict().items()}
+    saved = saved_state_dict(model.eval(), tmp_path / "hf")
+    sd = {k.removeprefix("vision_model."): v for k, v in saved.items()}
     timm_sd = {
         "pos_embed": sd["embeddings.position_embedding.weight"][None],
         "patch_embed.proj.weight": sd["embeddings.patch_embedding.weight"],
@@ -434,3 +457,16 @@ def test_tokenizer_from_a_vocab_file(tmp_path):
 def test_text_registry_names_its_specs():
     with pytest.raises(ValueError, match="e5_small"):
         registry.load_text_backbone("e6_small")
+
+
+def test_own_modules_never_import_transformers():
+    """The new modules run without transformers (it stays a test-only reference)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from usae_jax.backbones import convert, e5_q4, registry, tokenizer, "
+        "transformer; assert 'transformers' not in sys.modules, 'transformers imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

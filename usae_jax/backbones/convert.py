@@ -68,6 +68,14 @@ HF_VIT_KEYS: tuple[Rule, ...] = (
     (r"encoder\.layer\.(\d+)\.intermediate\.dense", "blocks.{0}.mlp.fc1"),
     (r"encoder\.layer\.(\d+)\.output\.dense", "blocks.{0}.mlp.fc2"),
     (r"layernorm", "final_norm"),
+    # transformers 5 names (written with ``save_pretrained(save_original_format=False)``)
+    (r"layers\.(\d+)\.attention\.q_proj", "blocks.{0}.attn.query"),
+    (r"layers\.(\d+)\.attention\.k_proj", "blocks.{0}.attn.key"),
+    (r"layers\.(\d+)\.attention\.v_proj", "blocks.{0}.attn.value"),
+    (r"layers\.(\d+)\.attention\.o_proj", "blocks.{0}.attn.out"),
+    (r"layers\.(\d+)\.layernorm_before", "blocks.{0}.norm1"),
+    (r"layers\.(\d+)\.layernorm_after", "blocks.{0}.norm2"),
+    (r"layers\.(\d+)\.mlp\.(fc[12])", "blocks.{0}.mlp.{1}"),
 )
 HF_DINOV2_KEYS: tuple[Rule, ...] = (
     (r"embeddings\.cls_token", "cls"),
@@ -235,14 +243,14 @@ HF_FAMILIES: dict[str, Family] = {
         name="bert", kind="text", keys=HF_BERT_KEYS, prefixes=("bert.",),
         ignore=(r"pooler\..*", r"cls\..*"),
         defaults=dict(_TEXT_DEFAULTS, vocab_size=30522, type_vocab_size=2,
-                      layer_norm_eps=1e-12, pad_token_id=0, position_embedding_type="absolute"),
+                      layer_norm_eps=1e-12, pad_token_id=0),
         block=dict(norm_first=False),
     ),
     "xlm-roberta": Family(
         name="xlm_roberta", kind="text", keys=HF_BERT_KEYS, prefixes=("roberta.",),
         ignore=(r"pooler\..*", r"lm_head\..*"),
         defaults=dict(_TEXT_DEFAULTS, vocab_size=30522, type_vocab_size=2,
-                      layer_norm_eps=1e-12, pad_token_id=1, position_embedding_type="absolute"),
+                      layer_norm_eps=1e-12, pad_token_id=1),
         block=dict(norm_first=False), positions_after_pad=True,
     ),
     "clip_text_model": Family(
