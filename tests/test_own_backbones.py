@@ -130,6 +130,20 @@ def test_resize_matches_torch_interpolate(n_in, n_out, mode):
     np.testing.assert_allclose(tr.resize_grid(jnp.asarray(grid), n_out, mode), ref, atol=3e-6)
 
 
+@pytest.mark.parametrize("n_in,n_out", [(7, 5), (37, 16)])
+def test_resize_with_offset_matches_torch_scale_factor(n_in, n_out):
+    grid = np.random.default_rng(0).normal(size=(n_in, n_in, 3)).astype(np.float32)
+    scale = (n_out + 0.1) / n_in
+    ref = torch.nn.functional.interpolate(
+        torch.tensor(grid).permute(2, 0, 1)[None], scale_factor=(scale, scale), mode="bicubic"
+    )[0].permute(1, 2, 0)
+    ours = tr.resize_grid(jnp.asarray(grid), n_out, "bicubic", offset=0.1)
+    np.testing.assert_allclose(ours, ref, atol=5e-6)
+    assert (
+        np.abs(np.asarray(tr.resize_grid(jnp.asarray(grid), n_out, "bicubic")) - ours).max() > 1e-3
+    )
+
+
 def test_vit_refuses_another_image_size(tmp_path):
     torch.manual_seed(0)
     tf.ViTModel(tf.ViTConfig(**TINY, image_size=32, patch_size=8)).save_pretrained(tmp_path)
@@ -272,26 +286,47 @@ def test_timm_vit(tmp_path, suffix):
     assert max_diff(bb.apply(bb.params, pixels, bb.layers), bb.layers, ref) < TOL
 
 
-@pytest.mark.parametrize("registers,size", [(0, 40), (2, 56)])
-def test_hub_dinov2(tmp_path, registers, size):
-    """torch.hub DINOv2 from a 7x7 position grid: at 40 px (interpolated), with registers at
-    56 px (transformers' registers model interpolates with antialias, torch.hub's without)."""
+def hub_positions(model, size, patch=8, offset=0.1):
+    """``model`` (a transformers DINOv2) with its position table resized for ``size`` px by
+    torch itself as torch.hub DINOv2 does it (``scale_factor=(g + 0.1) / n``, bicubic)."""
+    import copy
+
+    model = copy.deepcopy(model)
+    table = model.embeddings.position_embeddings.data
+    n, g = int(round((table.shape[1] - 1) ** 0.5)), size // patch
+    grid = table[:, 1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    scale = (g + offset) / n
+    grid = torch.nn.functional.interpolate(grid, scale_factor=(scale, scale), mode="bicubic")
+    assert grid.shape[-2:] == (g, g)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, g * g, -1)
+    model.embeddings.position_embeddings = torch.nn.Parameter(torch.cat([table[:, :1], grid], 1))
+    return model
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_hub_dinov2_at_another_resolution(tmp_path, registers):
+    """torch.hub DINOv2 at 40 px from a 7x7 position grid: ``dinov2_vits14`` resizes with a 0.1
+    offset (reference: the table resized by torch that way), ``*_reg`` with antialias and no
+    offset (reference: transformers' registers model, which does the same)."""
     torch.manual_seed(0)
     if registers:
         config = tf.Dinov2WithRegistersConfig(
             **TINY, image_size=56, patch_size=8, num_register_tokens=registers
         )
         model = tf.Dinov2WithRegistersModel(config).eval()
+        reference = model
     else:
         model = tf.Dinov2Model(tf.Dinov2Config(**TINY, image_size=56, patch_size=8)).eval()
+        reference = hub_positions(model, 40)
     save_state_dict(to_timm(model, tmp_path / "hf"), tmp_path / "dinov2.pth")
-    bb = convert.load_timm(tmp_path / "dinov2.pth", "hub_dinov2", num_heads=2, image_size=size)
-    assert bb.num_prefix == 1 + registers and bb.grid == (size // 8, size // 8)
-    pixels = bb.preprocess(images(size=size))
-    assert (
-        max_diff(bb.apply(bb.params, pixels, bb.layers), bb.layers, torch_states(model, pixels))
-        < TOL
+    bb = convert.load_timm(tmp_path / "dinov2.pth", "hub_dinov2", num_heads=2, image_size=40)
+    assert bb.num_prefix == 1 + registers and bb.grid == (5, 5)
+    pixels = bb.preprocess(images(size=40))
+    diff = max_diff(
+        bb.apply(bb.params, pixels, bb.layers), bb.layers, torch_states(reference, pixels)
     )
+    print(f"hub dinov2 (registers {registers}) at 40 px: max abs diff {diff:.2e}")
+    assert diff < TOL
 
 
 def test_timm_siglip(tmp_path):
@@ -377,6 +412,9 @@ def test_unexpected_and_missing_keys_are_named(tmp_path):
     del bad["layernorm.bias"]
     with pytest.raises(ValueError, match=r"encoder\.layer\.0\.extra\.weight.*final_norm\.bias"):
         convert.load_params(cfg, bad, family.keys, family.ignore)
+    twice = dict(sd, **{"vit.layernorm.bias": sd["layernorm.bias"]})
+    with pytest.raises(ValueError, match=r"two checkpoint keys map onto final_norm\.bias"):
+        convert.load_params(cfg, twice, family.keys, family.ignore, family.prefixes)
     wrong = dict(sd, **{"layernorm.bias": np.zeros(5, np.float32)})
     with pytest.raises(ValueError, match=r"final_norm\.bias: checkpoint shape \(5,\)"):
         convert.load_params(cfg, wrong, family.keys, family.ignore)

@@ -357,6 +357,8 @@ def convert_state_dict(
             )
             if path not in flat_ref:
                 unexpected.append(f"{source} -> {path}")
+            elif path in out:
+                raise ValueError(f"two checkpoint keys map onto {path} (the last: {source})")
             out[path] = part
     missing = sorted(set(flat_ref) - set(out))
     if unexpected or missing:
@@ -573,7 +575,15 @@ def load_hf_text(directory: str | os.PathLike, with_tokenizer: bool = True, pref
 TIMM_FLAVOURS = {
     "timm_vit": dict(fixed=dict(activation="gelu"), stats=HALF),
     "timm_siglip": dict(fixed=dict(activation="gelu_tanh", class_token=False), stats=HALF),
-    "hub_dinov2": dict(fixed=dict(activation="gelu", interpolation="bicubic"), stats=IMAGENET),
+    # facebookresearch/dinov2 hub models: offset 0.1 without antialias; with registers
+    # (``*_reg``) antialias and no offset (see its ``hub/backbones.py``).
+    "hub_dinov2": dict(
+        fixed=dict(activation="gelu", interpolation="bicubic", interpolation_offset=0.1),
+        stats=IMAGENET,
+    ),
+    "hub_dinov2_reg": dict(
+        fixed=dict(activation="gelu", interpolation="bicubic_antialias"), stats=IMAGENET
+    ),
 }
 
 
@@ -625,10 +635,12 @@ def load_timm(
       image_size: run at this size (``hub_dinov2`` only: 224 for the paper's DINOv2).
     """
     sd = weights.read_state_dict(weights.require_file(path, f"{flavour} checkpoint"))
+    if flavour == "hub_dinov2" and "register_tokens" in sd:
+        flavour = "hub_dinov2_reg"
     cfg = timm_config(sd, flavour, num_heads, image_size)
     apply, params = load_params(cfg, sd, TIMM_KEYS, TIMM_IGNORE)
     ident = weights.identity(path, format=flavour, converter="usae_jax.backbones.convert")
-    name = {"timm_vit": "vit", "timm_siglip": "siglip", "hub_dinov2": "dinov2"}[flavour]
+    name = {"timm_vit": "vit", "timm_siglip": "siglip"}.get(flavour, "dinov2")
     return vision_backbone(name, cfg, apply, params, ident, TIMM_FLAVOURS[flavour]["stats"])
 
 

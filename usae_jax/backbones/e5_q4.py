@@ -130,10 +130,9 @@ class _Reader:
 
 
 def _shape(name: str, count: int, header: Mapping[str, float]) -> tuple[int, ...]:
-    """Tensor shapes are implied: matrices are ``[rows, width]`` except ``fo`` (``[width, FF]``)."""
-    if name.endswith((".b", ".w")) and not name.endswith(
-        ("q.w", "k.w", "v.w", "ao.w", "fi.w", "fo.w")
-    ):
+    """Shapes are implied by names: biases and norms are vectors, ``fo.w`` is ``[width, FF]``,
+    every other matrix (embedding tables, ``q/k/v/ao/fi`` weights) has rows of ``width``."""
+    if name.endswith((".b", "ln.w")):
         return (count,)
     cols = header["mlp_width"] if name.endswith("fo.w") else header["width"]
     if count % cols:

@@ -108,6 +108,10 @@ class VisionConfig:
     ``bicubic`` (torch ``interpolate(mode="bicubic", align_corners=False)``, Keys a = -0.75:
     DINOv2) or ``bicubic_antialias`` (the same with ``antialias=True``, a = -0.5: DINOv2 with
     registers in transformers)."""
+    interpolation_offset: float = 0.0
+    """torch.hub DINOv2's legacy offset (0.1 in ``dinov2_vits14`` and kin): the grid is resized
+    with ``scale_factor=(g + offset) / n`` instead of ``size=g``, which moves the sample points
+    (``bicubic`` only)."""
     pre_norm: bool = False
     """A LayerNorm on the embeddings before the first block (CLIP's ``pre_layrnorm``)."""
     final_norm: bool = True
@@ -122,6 +126,10 @@ class VisionConfig:
             raise ValueError(f"registers must be >= 0, got {self.registers}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {self.interpolation!r} not in {INTERPOLATIONS}")
+        if self.interpolation_offset < 0 or (
+            self.interpolation_offset and self.interpolation != "bicubic"
+        ):
+            raise ValueError("interpolation_offset must be >= 0 and needs 'bicubic' interpolation")
         if self.position_grid is not None and self.position_grid < 1:
             raise ValueError(f"position_grid must be positive, got {self.position_grid}")
         if self.interpolation == "none" and self.table_grid != self.grid:
@@ -275,18 +283,26 @@ def _cubic(x: np.ndarray, a: float) -> np.ndarray:
     return np.where(x < 1, near, np.where(x < 2, far, 0.0))
 
 
-def resize_matrix(n_in: int, n_out: int, mode: str) -> np.ndarray:
+def resize_matrix(n_in: int, n_out: int, mode: str, offset: float = 0.0) -> np.ndarray:
     """``[n_out, n_in]`` float64 matrix of a 1-D resize as torch's ``interpolate`` does it.
 
     Args:
       mode: ``bicubic`` (``align_corners=False``, Keys a = -0.75, borders clamped) or
         ``bicubic_antialias`` (``antialias=True``: a = -0.5, the kernel stretched by the
         downscale factor, weights normalised to sum 1).
+      offset: ``bicubic`` with ``scale_factor=(n_out + offset) / n_in`` instead of
+        ``size=n_out`` (torch.hub DINOv2's 0.1).
     """
-    scale = n_in / n_out
+    if offset and mode != "bicubic":
+        raise ValueError("an interpolation offset needs mode 'bicubic'")
+    scale = n_in / (n_out + offset)
     m = np.zeros((n_out, n_in))
     if mode == "bicubic":
-        src = (np.arange(n_out) + 0.5) * scale - 0.5
+        # Sample points in float32 as torch computes them for float32 inputs (this matters
+        # with an offset, where the scale is not a ratio of small integers).
+        f32 = np.float32
+        src = f32(scale) * (np.arange(n_out, dtype=f32) + f32(0.5)) - f32(0.5)
+        src = src.astype(np.float64)
         base = np.floor(src)
         for k in range(-1, 3):
             idx = np.clip(base.astype(int) + k, 0, n_in - 1)
@@ -305,12 +321,13 @@ def resize_matrix(n_in: int, n_out: int, mode: str) -> np.ndarray:
     raise ValueError(f"unknown resize mode {mode!r}")
 
 
-def resize_grid(table: jax.Array, side: int, mode: str) -> jax.Array:
-    """Resize a square ``[n, n, C]`` grid to ``[side, side, C]`` (see :func:`resize_matrix`)."""
+def resize_grid(table: jax.Array, side: int, mode: str, offset: float = 0.0) -> jax.Array:
+    """Resize a square ``[n, n, C]`` grid to ``[side, side, C]`` (see :func:`resize_matrix`);
+    a grid of the right size is returned as is, as torch does."""
     n = table.shape[0]
     if n == side:
         return table
-    m = jnp.asarray(resize_matrix(n, side, mode), table.dtype)
+    m = jnp.asarray(resize_matrix(n, side, mode, offset), table.dtype)
     return jnp.einsum("ih,jw,hwc->ijc", m, m, table, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -357,7 +374,8 @@ class VisionTransformer(nnx.Module):
         table = self.position[...]
         n = cfg.table_grid
         grid = table[0, int(cfg.class_token) :].reshape(n, n, -1)
-        x = x + resize_grid(grid, cfg.grid, cfg.interpolation).reshape(1, -1, x.shape[-1])
+        grid = resize_grid(grid, cfg.grid, cfg.interpolation, cfg.interpolation_offset)
+        x = x + grid.reshape(1, -1, x.shape[-1])
         prefix = []
         if self.cls is not None:
             prefix.append(
