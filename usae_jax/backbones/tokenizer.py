@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import tokenizers
+from tokenizers.implementations import BertWordPieceTokenizer
 
 from usae_jax.backbones import weights
 
@@ -118,8 +119,6 @@ def load_tokenizer(directory: str | os.PathLike, prefix: str = "") -> Tokenizer:
     if os.path.isfile(path):
         tok = tokenizers.Tokenizer.from_file(path)
     elif os.path.isfile(os.path.join(directory, "vocab.txt")):
-        from tokenizers.implementations import BertWordPieceTokenizer
-
         vocab = tokenizers.models.WordPiece.read_file(os.path.join(directory, "vocab.txt"))
         tok = BertWordPieceTokenizer(vocab, lowercase=config.get("do_lower_case", True))._tokenizer
     else:
