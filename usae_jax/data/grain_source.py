@@ -39,6 +39,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from usae_jax.data.loader import manifest_standardisation
 from usae_jax.data.source import Standardisation, check_finite
 from usae_jax.data.store import Store, StoreError
 from usae_jax.data.zarr_store import ZarrStore, is_zarr_store
@@ -263,17 +264,8 @@ class GrainSource:
         unknown = [n for n in self._names if n not in self.store.models]
         if unknown:
             raise StoreError(f"models {unknown} are not in the store ({self.store.names})")
-        models = self.store.models
-        if standardise and any(models[n]["mean"] is None for n in self._names):
-            raise StoreError(f"store {self.store.directory} has no standardisation statistics")
         self.standardisation = (
-            Standardisation(
-                mean={n: models[n]["mean"] for n in self._names},
-                std={n: models[n]["std"] for n in self._names},
-                epsilon=float(self.store.manifest.get("std_epsilon", 0.0)),
-            )
-            if standardise
-            else None
+            manifest_standardisation(self.store, self._names) if standardise else None
         )
         if self.config.workers and isinstance(self.store, ZarrStore):
             self.store.__getstate__()  # raises now, clearly, for a one-process memory store
