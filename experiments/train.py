@@ -20,7 +20,11 @@ from usae_jax.data.source import ArraySource
 from usae_jax.data.synthetic.planted import generate_planted
 from usae_jax.data.zarr_store import is_zarr_store
 from usae_jax.parallel.hosts import initialize
-from usae_jax.pipelines.train_and_report import format_summary, train_and_report
+from usae_jax.pipelines.train_and_report import (
+    format_summary,
+    train_and_report,
+    written_outputs,
+)
 
 flags.DEFINE_string(
     "workdir", "runs/default", "Directory for checkpoints, metrics, plots, exports."
@@ -47,7 +51,7 @@ flags.DEFINE_enum(
     "random_one: official, one source model per step; all: every model per step.",
 )
 flags.DEFINE_integer("data_parallel", None, "Devices on the data axis (default: all devices).")
-flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("progress", True, "Show progress (a bar on a terminal, plain lines in logs).")
 flags.DEFINE_string("coordinator", None, "Multi-host: host:port of process 0 (jax.distributed).")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
@@ -91,8 +95,7 @@ def main(argv):
     print(f"training {source.names} on {source.num_rows} rows into {FLAGS.workdir}")
     _, summary = train_and_report(config, FLAGS.workdir, source, planted)
     print(format_summary(source.names, summary))
-    outputs = "r2_matrix.png, losses.png, metrics.jsonl, summary.json, export/"
-    print(f"outputs in {FLAGS.workdir}: {outputs}")
+    print(f"outputs in {FLAGS.workdir}: {', '.join(written_outputs(FLAGS.workdir)) or 'none'}")
 
 
 if __name__ == "__main__":

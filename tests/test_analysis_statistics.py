@@ -95,8 +95,29 @@ def test_statistics_on_a_hand_made_dataset():
     np.testing.assert_array_equal(result.top_rows[0, 0], [0, 1])
     np.testing.assert_array_equal(result.top_rows[1, 2, :1], [4])
     # Decoding relu(x) with unit atoms reconstructs x exactly (x >= 0 everywhere).
-    np.testing.assert_allclose(result.r2, np.where(np.eye(3) > 0, 1.0, result.r2), atol=1e-5)
+    np.testing.assert_allclose(np.diag(result.r2), 1.0, atol=1e-5)
     summary = statistics_summary(result)
-    assert summary["dead_fraction_never_nonzero"]["m1"] == pytest.approx(1 / 3)
-    assert summary["dead_fraction_never_above_tau"]["m2"] == pytest.approx(2 / 3)
-    assert summary["dead_fraction_never_nonzero"]["m2"] == pytest.approx(1 / 3)
+    # "Dead on the data": never non-zero (never above tau) on the analysed rows.
+    assert summary["dead_on_data"]["m1"] == pytest.approx(1 / 3)
+    assert summary["dead_on_data_above_tau"]["m2"] == pytest.approx(2 / 3)
+    assert summary["dead_on_data"]["m2"] == pytest.approx(1 / 3)
+
+
+def test_cross_r2_closed_form_both_centrings():
+    # Code = relu(x) = x and unit atoms, so encoding model i and decoding into model j predicts
+    # x_j by x_i. x_0 = [[2, 0], [0, 0]], x_1 = [[2, 0], [0, 2]]: both predictions miss one entry
+    # by 2, so mean((x_j - x_i)^2) = 4 / 4 = 1.
+    # Scalar centring: x_1 has mean 1 and mean((x_1 - 1)^2) = 1 -> R²[0, 1] = 1 - 1/1 = 0;
+    #   x_0 has mean 0.5, mean((x_0 - 0.5)^2) = (2.25 + 3 * 0.25) / 4 = 0.75 -> R²[1, 0] = -1/3.
+    # Per-feature centring: x_1's columns (2, 0), (0, 2) have variances 1, 1 -> R²[0, 1] = 0;
+    #   x_0's columns (2, 0), (0, 0) have variances 1, 0 (mean 0.5) -> R²[1, 0] = 1 - 1/0.5 = -1.
+    usae, params, stats = identity_usae(2, 2)
+    x0 = np.array([[2.0, 0.0], [0.0, 0.0]], np.float32)
+    x1 = np.array([[2.0, 0.0], [0.0, 2.0]], np.float32)
+    source = ArraySource({"m0": x0, "m1": x1}, standardise=False)
+    result = compute_statistics(usae, params, stats, source, StatisticsConfig(num_top=1))
+    np.testing.assert_allclose(result.r2, [[1.0, 0.0], [-1 / 3, 1.0]], atol=1e-5)
+    np.testing.assert_allclose(result.r2_per_feature, [[1.0, 0.0], [-1.0, 1.0]], atol=1e-5)
+    summary = statistics_summary(result)
+    np.testing.assert_allclose(summary["r2_scalar_centring"], result.r2)
+    np.testing.assert_allclose(summary["r2_per_feature_centring"], result.r2_per_feature)

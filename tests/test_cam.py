@@ -72,18 +72,18 @@ def test_phase_images_are_natural_and_bounded():
 @pytest.mark.parametrize("shared", [False, True])
 def test_cam_raises_planted_concepts_in_every_model(setup, tmp_path, shared):
     models, usae, params, stats, _ = setup
-    config = cam.CAMConfig(**{**SMALL.__dict__, "shared_image": shared})
+    # One image for all models optimises their summed activation, so a model can trade off
+    # against the others early on: after 12 steps concept 7 still fell by 0.008 in dino_l1.
+    steps = 40 if shared else 12
+    config = cam.CAMConfig(**{**SMALL.__dict__, "shared_image": shared, "steps": steps})
     result = cam.run_cam(config, models, usae, params, stats, (3, 3), CONCEPTS)
     per_image = 1 if shared else 3
     assert result.images.shape == (2, per_image, 32, 32, 3)
-    assert result.history.shape == (12, 2, 3)
-    gain = result.final - result.start
-    if shared:
-        # One image for all models: their summed activation rises (models may trade off).
-        assert np.all(gain.sum(axis=1) > 0.1), gain
-    else:
-        # Measured at seed 0: gains 0.06 .. 0.15 after 12 steps; every one must be positive.
-        assert np.all(gain > 0.03), gain
+    assert result.history.shape == (steps, 2, 3)
+    gain = result.final - result.start  # [concept, model]
+    # Every concept rises in every model. Measured at seed 0: separate images, 12 steps: gains
+    # 0.06 .. 0.17; one shared image, 40 steps: 0.026 .. 0.49.
+    assert np.all(gain > (0.01 if shared else 0.03)), gain
     path = cam_output.save_cam_png(result, str(tmp_path / "cam.png"))
     with PIL.open(path) as image:
         assert image.size[0] > 100 and image.size[1] > 100
@@ -95,7 +95,7 @@ def test_cam_raises_planted_concepts_in_every_model(setup, tmp_path, shared):
 def test_reader_matches_library_encoding(setup):
     """The differentiable reader equals extraction + standardisation + the library encoder."""
     from usae_jax.data.extract import make_token_fn
-    from usae_jax.model.usae import encode_eval
+    from usae_jax.model.inference import encode_eval
 
     models, usae, params, stats, _ = setup
     images = jax.random.uniform(jax.random.key(2), (2, 1, 32, 32, 3))
@@ -162,5 +162,9 @@ def test_experiment_cam_end_to_end(setup, tmp_path):
     for suffix in ("", "_shared"):
         report = json.loads((tmp_path / f"cam{suffix}.json").read_text())
         assert len(report["concepts"]) == 2 and report["models"] == ["vit", "dino_l2"]
+        image_ids = json.loads((tmp_path / "store" / "manifest.json").read_text())["image_ids"]
+        for name in ("vit", "dino_l2"):  # the best natural image is stored beside the CAM values
+            assert np.isfinite(report["concepts"][0][name]["best_natural_pre"])
+            assert report["concepts"][0][name]["best_natural_image"] in image_ids
         assert (tmp_path / f"cam{suffix}.png").stat().st_size > 1000
         assert (tmp_path / f"cam{suffix}.npz").exists()

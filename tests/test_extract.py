@@ -213,3 +213,12 @@ def test_killed_extraction_resumes_to_the_same_store(tmp_path):
     a, b = Store(tmp_path / "full"), Store(tmp_path / "killed")
     assert a.manifest["image_ids"] == b.manifest["image_ids"]
     np.testing.assert_array_equal(a.array("vit"), b.array("vit"))
+
+
+def test_extraction_progress_is_plain_lines_in_a_log(setup, tmp_path, capsys):
+    base, backbones, config, source = setup
+    ex.extract(config, backbones, source, str(tmp_path), progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err  # stderr is captured here, not a terminal: no bar redraws
+    lines = [line.split(",")[0] for line in err.splitlines() if line.startswith("extract: ")]
+    assert lines[-1] == "extract: 11/11 img (100%)" and len(lines) <= 11, lines

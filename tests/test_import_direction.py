@@ -8,13 +8,23 @@ PACKAGE = Path(__file__).resolve().parents[1] / "usae_jax"
 
 LAYERS = {
     "config": set(),
-    "backbones": set(),
+    "progress": set(),
+    "backbones": {"progress"},
     "model": {"config"},
-    "data": {"config", "backbones"},
+    "data": {"config", "backbones", "progress"},
     "parallel": {"config", "model", "data"},
-    "train": {"config", "model", "data", "parallel"},
-    "analysis": {"config", "backbones", "model", "data", "parallel", "train"},
-    "pipelines": {"config", "backbones", "model", "data", "parallel", "train", "analysis"},
+    "train": {"config", "model", "data", "parallel", "progress"},
+    "analysis": {"config", "backbones", "model", "data", "parallel", "train", "progress"},
+    "pipelines": {
+        "config",
+        "backbones",
+        "model",
+        "data",
+        "parallel",
+        "train",
+        "analysis",
+        "progress",
+    },
 }
 """Each top-level part of the package and the parts it may import (besides itself)."""
 

@@ -26,8 +26,9 @@ def test_threshold_top_half_equals_top_k_selection(rows, concepts):
 def test_top_half_mask_on_a_hand_made_row():
     values = jnp.array([[0.0, 5.0, 1.0, 3.0, 2.0, 0.0]])  # keep 3 largest: 5, 3, 2
     np.testing.assert_array_equal(top_half_mask(values, 3), [[0, 1, 0, 1, 1, 0]])
-    sparse = jnp.array([[0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])  # fewer positives than 3: keep them
-    np.testing.assert_array_equal(top_half_mask(sparse, 3), [[0, 0, 1, 0, 0, 0]])
+    # fewer positives than 3: keep them, then the first zeros by index (as lax.top_k does)
+    sparse = jnp.array([[0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(top_half_mask(sparse, 3), [[1, 1, 1, 0, 0, 0]])
 
 
 def test_l1_and_l2_losses_closed_form():

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from usae_jax.config import TrainConfig, USAEConfig
+from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
+from usae_jax.model.inference import encode_models_eval
 from usae_jax.model.params import init_params
 from usae_jax.model.sparc import encode_streams, global_top_k
-from usae_jax.model.usae import encode_models_eval
 from usae_jax.train.metrics import evaluate
 from usae_jax.train.sparc_step import sparc_loss_matrix
 
@@ -128,6 +128,7 @@ def test_global_topk_requires_the_sparc_architecture():
 
 @pytest.mark.parametrize("sparsity", ["global_topk", "local_topk"])
 def test_sparc_trains_in_the_shared_loop_on_planted_streams(tmp_path, sparsity):
+    from usae_jax.analysis.sparc.alignment import pair_report, stream_codes
     from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
     from usae_jax.train.loop import train
 
@@ -141,20 +142,53 @@ def test_sparc_trains_in_the_shared_loop_on_planted_streams(tmp_path, sparsity):
     )
     config = TrainConfig(
         usae=usae,
+        optim=OptimConfig(learning_rate=1e-2, final_lr=1e-2, warmup_steps=0),
         batch_rows=64,
-        num_steps=30,
-        log_every=10,
-        checkpoint_every=30,
+        num_steps=60,
+        log_every=20,
+        checkpoint_every=60,
         eval_rows=128,
         progress_bar=False,
     )
     result = train(config, tmp_path / sparsity, planted.source())
     assert result.compilations == 1  # one step function for every stream
-    r2 = np.asarray(result.final_metrics["r2"])
+    final = result.final_metrics
+    r2 = np.asarray(final["r2"])
     assert r2.shape == (2, 2) and np.isfinite(r2).all()
+    # R² is measured with the model's own rule, and says so; "dead" names its window.
+    assert (
+        final["r2_encoding"] == {"global_topk": "global TopK", "local_topk": "local TopK"}[sparsity]
+    )
+    assert final["dead_recent_rows"] == 512 and set(final["dead_recent"]) == {"p", "q"}
     lines = (tmp_path / sparsity / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) >= 3 and '"source": "all"' in lines[0]
-    assert 0 < result.final_metrics["l0"]["p"] <= 4
+    assert len(lines) >= 3 and '"source": "all"' in lines[0] and '"dead_recent"' in lines[0]
+    assert 0 < final["l0"]["p"] <= 4
+
+    # Training lowers the SPARC loss on a fixed batch (no dead concepts, so no AuxK term), and
+    # each stream's own encoder (per-stream TopK) pairs items across streams far better than
+    # chance and than the untrained model. Measured (seed 0, 60 steps): loss 5.32 -> 1.66
+    # (global) and 5.63 -> 1.91 (local); mean partner rank among 256 items 105 (global) and
+    # 110 (local) vs 152-163 with one stream's rows shuffled and 176 untrained.
+    batch = planted.source().batch(0, 256, 5)
+    params = jax.device_get(result.state.params)
+    untrained, _ = init_params(jax.random.key(config.seed), usae)
+    none_dead = {s: jnp.zeros(32, bool) for s in ("p", "q")}
+
+    def loss(p):
+        encoded = encode_streams(usae, p["models"], batch)
+        return float(jnp.sum(sparc_loss_matrix(usae, p["models"], encoded, none_dead, batch)))
+
+    assert loss(params) < 0.5 * loss(untrained), (loss(params), loss(untrained))
+    codes = stream_codes(usae, params, batch, "local_topk")
+    rank = pair_report(codes)["mean_rank"]
+    shuffled = np.random.default_rng(0).permutation(256)
+    rank_shuffled = pair_report({"p": codes["p"], "q": codes["q"][shuffled]})["mean_rank"]
+    rank_untrained = pair_report(stream_codes(usae, untrained, batch, "local_topk"))["mean_rank"]
+    assert rank < 0.8 * rank_shuffled and rank < 0.8 * rank_untrained, (
+        rank,
+        rank_shuffled,
+        rank_untrained,
+    )
 
 
 def test_sparc_models_evaluate_with_their_affine_encoders():

@@ -133,15 +133,17 @@ def test_store_source_matches_array_source(stored):
         ours, ref = source.batch(step, 16, seed=5), reference.batch(step, 16, seed=5)
         for name in arrays:
             np.testing.assert_allclose(ours[name], ref[name], rtol=1e-5, atol=1e-5)
-    assert abs(float(np.concatenate([source.rows(np.arange(60))["a"]]).std()) - 1) < 1e-4
+    # Unbiased std (ddof=1) over all values, divided by std + 1e-5 (the official formula).
+    assert abs(float(source.rows(np.arange(60))["a"].std(ddof=1)) - 1) < 1e-4
 
 
 def test_store_source_rejects_nan(tmp_path):
     arrays = make_arrays()
     arrays["a"][7, 1] = np.nan
-    st.write_store(tmp_path, arrays, GRID, [str(i) for i in range(10)])
-    with pytest.raises(ValueError, match="non-finite"):
-        StoreSource(tmp_path, standardise=False).rows(np.arange(10))
+    with pytest.raises(ValueError, match="non-finite.*'a'.*first at row 7"):
+        st.write_store(tmp_path, arrays, GRID, [str(i) for i in range(10)])
+    with pytest.raises(st.StoreError, match="incomplete"):  # the statistics were never recorded
+        StoreSource(tmp_path, standardise=False)
 
 
 def test_prefetch_to_mesh(stored):
@@ -166,3 +168,63 @@ def test_prefetch_propagates_errors_and_stops(stored):
     gen = prefetch_to_mesh(source, range(1000), 8, 0, sharding, depth=1)
     next(gen)
     gen.close()  # must not hang
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("/etc/passwd", "is absolute"),
+        ("../outside.bin", "contains '..'"),
+        ("a/../../outside.bin", "contains '..'"),
+        ("a/link.bin", "outside the store"),
+    ],
+)
+def test_manifest_shard_paths_must_stay_inside_the_store(stored, bad, message):
+    path, _, _ = stored
+    outside = path.parent / "outside.bin"
+    outside.write_bytes(bytes(4 * 4 * 6 * 4))  # as many bytes as the shard it replaces
+    os.symlink(outside, path / "a" / "link.bin")
+    manifest = json.loads((path / st.MANIFEST).read_text())
+    manifest["shards"][0]["files"]["a"]["path"] = bad
+    (path / st.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(st.StoreError, match=message):
+        st.Store(path, verify=False)
+    with pytest.raises(st.StoreError, match=message):
+        st.StoreWriter(
+            path, [st.ModelSpec(name="a", width=4), st.ModelSpec(name="b", width=5)], GRID, {}
+        )
+    assert outside.exists()
+
+
+def test_writer_refuses_a_non_empty_folder_without_manifest(tmp_path):
+    (tmp_path / "a").mkdir()
+    kept = {
+        tmp_path / "notes.txt": b"mine",
+        tmp_path / "a" / "00000.bin": b"not a shard of ours",
+        tmp_path / "a" / "photo.jpg": b"\xff\xd8",
+    }
+    for file, data in kept.items():
+        file.write_bytes(data)
+    with pytest.raises(st.StoreError, match="not empty .*manifest.json is missing"):
+        st.StoreWriter(tmp_path, [st.ModelSpec(name="a", width=4)], GRID, {})
+    for file, data in kept.items():
+        assert file.read_bytes() == data, file  # nothing lost
+    assert not (tmp_path / st.MANIFEST).exists()
+
+
+def test_writer_accepts_an_empty_folder_and_a_torn_first_manifest(tmp_path):
+    (tmp_path / st.MANIFEST).with_suffix(".json.tmp").write_text('{"form')  # crash while creating
+    writer = st.StoreWriter(tmp_path, [st.ModelSpec(name="a", width=4)], GRID, {})
+    writer.append(["x"], {"a": np.ones((6, 4), np.float32)})
+    assert st.Store(tmp_path, require_complete=False).num_rows == 6
+
+
+def test_writer_resume_removes_only_its_own_shard_files(tmp_path):
+    specs = [st.ModelSpec(name="a", width=4)]
+    st.StoreWriter(tmp_path, specs, GRID, {}).append(["x"], {"a": np.ones((6, 4), np.float32)})
+    (tmp_path / "a" / "00001.bin.tmp").write_bytes(b"torn")
+    (tmp_path / "a" / "README").write_text("a user's note")
+    st.StoreWriter(tmp_path, specs, GRID, {})
+    assert not (tmp_path / "a" / "00001.bin.tmp").exists()
+    assert (tmp_path / "a" / "README").read_text() == "a user's note"
+    assert (tmp_path / "a" / "00000.bin").exists()

@@ -1,7 +1,9 @@
 """The training step and loop: locality of updates, sharding, compilations, resume, bad input."""
 
 import dataclasses
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from usae_jax.config import USAEConfig
 from usae_jax.data.source import ArraySource
 from usae_jax.data.synthetic.planted import generate_planted
 from usae_jax.parallel.mesh import make_training_mesh, shard_rows, state_shardings
+from usae_jax.pipelines.train_and_report import OUTPUTS
 from usae_jax.train.checkpoint import CheckpointError
 from usae_jax.train.loop import (
     NonFiniteLossError,
@@ -22,7 +25,7 @@ from usae_jax.train.loop import (
 )
 from usae_jax.train.optim import build_optimizers
 from usae_jax.train.state import create_train_state
-from usae_jax.train.writers import read_jsonl
+from usae_jax.train.writers import JsonlWriter, read_jsonl
 
 PLANTED = TINY_PLANTED
 _config = make_tiny_config
@@ -178,6 +181,15 @@ def test_train_entry_point_runs_and_writes_outputs(tmp_path):
     assert "R² matrix" in completed.stdout and "recovery" in completed.stdout
     for name in ("r2_matrix.png", "metrics.jsonl", "summary.json", "export/alpha.safetensors"):
         assert (workdir / name).exists(), name
+    # Per-concept recovery and the variance share are printed and stored, not only the mean.
+    assert "per-concept max cosine" in completed.stdout
+    assert "variance carried by the shared concepts" in completed.stdout
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert len(summary["recovery_per_concept"]["beta"]["shared"]["cosines"]) == 48
+    assert set(summary["shared_variance_share"]) == {"alpha", "beta", "gamma"}
+    # The listed outputs are exactly those that exist.
+    listed = completed.stdout.rsplit("outputs in ", 1)[1].split(": ", 1)[1].strip().split(", ")
+    assert listed == [n for n in OUTPUTS if (workdir / n).exists()] and "checkpoints/" in listed
 
 
 def test_bfloat16_compute_tracks_float32(planted, tmp_path):
@@ -188,6 +200,12 @@ def test_bfloat16_compute_tracks_float32(planted, tmp_path):
     assert half.state.params["models"]["alpha"]["dictionary"].dtype == np.float32
     r2_full, r2_half = np.diag(full.final_metrics["r2"]), np.diag(half.final_metrics["r2"])
     np.testing.assert_allclose(r2_half, r2_full, atol=0.03)
+    # ... and is really a different computation: ignoring compute_dtype would give identical
+    # runs, while bfloat16 rounding of the products moves every model's dictionary.
+    for name in PLANTED.model_names:
+        a = np.asarray(full.state.params["models"][name]["dictionary"])
+        b = np.asarray(half.state.params["models"][name]["dictionary"])
+        assert np.max(np.abs(a - b)) > 1e-4, name
 
 
 def test_resume_accepts_operational_changes_and_older_configs(planted, tmp_path):
@@ -206,3 +224,56 @@ def test_resume_accepts_operational_changes_and_older_configs(planted, tmp_path)
     assert training_identity(older) == training_identity(to_dict(config))
     with pytest.raises(ValueError, match="unknown training config fields"):
         training_identity({**to_dict(config), "mystery": 1})
+
+
+def test_resume_after_a_crash_keeps_the_metrics_of_the_restored_step(planted, tmp_path):
+    """A run killed after its step-4 checkpoint, with lines of steps 5..8 written (the last one
+    torn), resumes from step 4 and ends with the uninterrupted run's metrics.jsonl, line for
+    line: the restored step's loss and R² lines are kept, nothing after them."""
+    config = _config(data_parallel=2)
+    train(config, tmp_path / "whole", planted.source())
+    expected = (tmp_path / "whole" / "metrics.jsonl").read_text()
+    crashed = tmp_path / "crashed"
+    train(config, crashed, planted.source())
+    shutil.rmtree(crashed / "checkpoints" / "8")  # killed before the step-8 checkpoint
+    lines = (crashed / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert [json.loads(line)["step"] for line in lines] == [2, 4, 4, 6, 8, 8]
+    cut = "".join(lines[:4]) + lines[4][: len(lines[4]) // 2]  # loss at 6, half the line of 8
+    (crashed / "metrics.jsonl").write_text(cut)
+    resumed = train(config, crashed, planted.source())
+    assert int(resumed.state.step) == 8
+    assert (crashed / "metrics.jsonl").read_text() == expected
+
+
+def test_jsonl_writer_cut_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.5}\n{"step": 4, "r2": [[1.0]]}\n'
+        '{"step": 4, "final": {"r2": [[1.0]]}}\n{"step": 6, "loss": 0.2}\n{"step": 8, "lo'
+    )
+    JsonlWriter(path, resume_step=4).write(6, {"loss": 0.3})
+    assert [(r["step"], sorted(r)) for r in read_jsonl(path)] == [
+        (2, ["loss", "step"]),
+        (4, ["loss", "step"]),
+        (4, ["r2", "step"]),
+        (6, ["loss", "step"]),
+    ]
+    assert read_jsonl(path)[-1]["loss"] == 0.3
+    path.write_text('{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.5}')  # no final newline
+    JsonlWriter(path, resume_step=4).write(6, {"loss": 0.3})
+    assert [r["step"] for r in read_jsonl(path)] == [2, 4, 6]
+    path.write_text('{"step": 2, "loss": 1.0}\n{"st')  # torn before the first checkpoint
+    JsonlWriter(path, resume_step=0)
+    assert path.read_text() == ""
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(planted, tmp_path, capsys):
+    config = _config(data_parallel=1, num_steps=20, log_every=10, checkpoint_every=20)
+    train(dataclasses.replace(config, progress_bar=True), tmp_path, planted.source())
+    err = capsys.readouterr().err
+    assert "\r" not in err  # no bar redraws in a log
+    lines = [line for line in err.splitlines() if line.startswith("train USAE: ")]
+    assert [line.split(",")[0] for line in lines] == [
+        f"train USAE: {n}/20 step ({5 * n}%)" for n in range(2, 21, 2)
+    ]
+    assert "loss=" in lines[-1]

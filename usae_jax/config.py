@@ -55,7 +55,8 @@ class USAEConfig:
     the number of concepts)."""
 
     dead_after_tokens: int = 10_000_000
-    """For aux="dead_latents": a concept is dead after this many tokens without firing."""
+    """For aux="dead_latents": a concept is dead after this many tokens without firing (at most
+    ``2**31 - 1``, where the int32 counter saturates)."""
 
     batchnorm_momentum: float = 0.1
     """BatchNorm running-statistics momentum (torch convention: new = 0.9 old + 0.1 batch)."""
@@ -106,7 +107,12 @@ class USAEConfig:
         _require(self.aux in ("top_half", "dead_latents"), "aux", self.aux, "unknown rule")
         _require(self.aux_coefficient >= 0, "aux_coefficient", self.aux_coefficient, "must be >= 0")
         _require(self.dead_k_aux > 0, "dead_k_aux", self.dead_k_aux, "must be > 0")
-        _require(self.dead_after_tokens > 0, "dead_after_tokens", self.dead_after_tokens, "> 0")
+        _require(
+            0 < self.dead_after_tokens <= 2**31 - 1,
+            "dead_after_tokens",
+            self.dead_after_tokens,
+            "must be in [1, 2**31 - 1] (the int32 counter saturates there)",
+        )
         _require(
             0 < self.batchnorm_momentum <= 1,
             "batchnorm_momentum",
@@ -250,7 +256,8 @@ class TrainConfig:
     """Rows used for the R² matrix in logs and the final report (from the start of the source)."""
 
     progress_bar: bool = True
-    """Show a tqdm progress bar."""
+    """Show progress: a tqdm bar on a terminal, a plain line every 10% of the steps (or every
+    60 s) when stderr is not a terminal (CI, ``nohup`` logs)."""
 
     def __post_init__(self):
         _require(self.batch_rows > 1, "batch_rows", self.batch_rows, "must be > 1 (BatchNorm)")

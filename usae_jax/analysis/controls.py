@@ -102,6 +102,7 @@ def universality_summary(statistics, universal_entropy: float = 0.8) -> dict:
         "universal_fraction": float(np.mean(entropy[fired] >= universal_entropy))
         if fired.any()
         else 0.0,
+        "r2_encoding": statistics.encoding,
         "r2_scalar_centring": r2.tolist(),
         "mean_self_r2": float(np.mean(np.diag(r2))),
         "mean_cross_r2": float(np.mean(r2[off_diagonal])) if off_diagonal.any() else float("nan"),

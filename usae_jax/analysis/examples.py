@@ -16,7 +16,7 @@ import numpy as np
 
 from usae_jax.analysis.statistics import ConceptStatistics, RowSource
 from usae_jax.config import USAEConfig
-from usae_jax.model.usae import encode_eval
+from usae_jax.model.inference import encode_models_eval
 
 
 def top_examples(statistics: ConceptStatistics, concept: int, count: int | None = None) -> dict:
@@ -82,8 +82,9 @@ class ImageTokens:
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _codes(usae: USAEConfig, model_params: dict, stats: dict, x: jax.Array) -> jax.Array:
-    return encode_eval(usae, model_params, stats, x).codes
+def _codes(usae: USAEConfig, params: dict, stats: dict, batch: dict) -> dict[str, jax.Array]:
+    """``{name: [B, n]}`` codes of a paired batch, each model under its own sparsity rule."""
+    return {name: enc.codes for name, enc in encode_models_eval(usae, params, stats, batch).items()}
 
 
 def concept_heatmap(
@@ -100,8 +101,9 @@ def concept_heatmap(
     h, w = tokens.grid
     block = source.rows(rows)
     maps = {}
+    encoded = _codes(usae, params, batch_stats, block)
     for name in usae.model_names:
-        codes = np.asarray(_codes(usae, params["models"][name], batch_stats[name], block[name]))
+        codes = np.asarray(encoded[name])
         grid = np.zeros(h * w, np.float32)
         grid[cells] = codes[:, concept]
         maps[name] = grid.reshape(h, w)

@@ -15,20 +15,25 @@ def _per_model(values: dict, fmt: str = "{:.3f}") -> str:
 
 
 def render_report(r: dict) -> str:
-    """The markdown report of an ``analysis.json`` dict."""
+    """The markdown report of an ``analysis.json`` dict (older files, written before the dead
+    fractions and the R² encoding were named, render too)."""
     names = r["model_names"]
+    encoding = r.get("r2_encoding", "local TopK")
+    dead = r.get("dead_on_data", r.get("dead_fraction_never_nonzero"))
+    dead_tau = r.get("dead_on_data_above_tau", r.get("dead_fraction_never_above_tau"))
     scatter = r["universality_vs_importance"]
     lines = [
         f"# Universality analysis of `{r['workdir']}` (step {r['step']})",
         "",
         f"{r['num_rows']} tokens, {len(names)} models ({', '.join(names)}), "
         f"{r['num_concepts']} concepts; each model encodes its own activations of every token, "
-        f"BatchNorm in eval mode. A concept fires when its code exceeds tau = {r['tau']}. "
+        f"BatchNorm in eval mode, {encoding} encoding. A concept fires when its code exceeds "
+        f"tau = {r['tau']}. "
         f"Whole analysis: {r['seconds']} s (statistics and figures {r['seconds_core']} s).",
         "",
         "## Reconstruction: R² matrix",
-        "Row: encoding model; column: decoded model. Scalar centring (official analysis code: one "
-        "mean over all entries):",
+        f"Row: encoding model; column: decoded model; {encoding} encoding. Scalar centring "
+        "(official analysis code: one mean over all entries):",
         "",
         *_matrix(names, r["r2_scalar_centring"]),
         "",
@@ -39,8 +44,9 @@ def render_report(r: dict) -> str:
         "![R²](r2_matrix.png)",
         "",
         "## Firing, co-firing, dead concepts",
-        f"- Dead (never non-zero): {_per_model(r['dead_fraction_never_nonzero'], '{:.1%}')}",
-        f"- Dead (never above tau): {_per_model(r['dead_fraction_never_above_tau'], '{:.1%}')}",
+        f"- Dead on the analysed data (never non-zero on these {r['num_rows']} rows): "
+        f"{_per_model(dead, '{:.1%}')}",
+        f"- Never above tau on these rows: {_per_model(dead_tau, '{:.1%}')}",
         f"- Mean co-fire proportion CFP (over concepts that fire for the model): "
         f"{_per_model(r['mean_cofire_proportion'])}",
         f"- Co-firing tokens (concept fires for every model), summed over concepts: "
@@ -139,7 +145,8 @@ def render_report(r: dict) -> str:
             f"Each row is a USAE trained for {c['num_steps']} steps ({c['seconds']} s in all) on: "
             f"real data (same budget), `{c['control_model']}`'s rows permuted against the other "
             f"models (shuffled), or `{c['control_model']}` replaced by Gaussian noise of its mean "
-            "and std (noise); each analysed on its own data.",
+            f"and std (noise); each analysed on its own data. R²: {encoding} encoding, scalar "
+            "centring.",
             "",
             "| run | co-fires per token | universal | mean CFP | mean cross-R² | mean self-R² |",
             "|---|---|---|---|---|---|",

@@ -29,8 +29,9 @@ from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics, s
 from usae_jax.data.source import ArraySource
 from usae_jax.data.synthetic.planted import PlantedData
 from usae_jax.model.usae import normalize_dictionary
-from usae_jax.train.metrics import mean_max_cosine
+from usae_jax.train.metrics import r2_label
 from usae_jax.train.plots import plot_r2_matrix
+from usae_jax.train.recovery import mean_max_cosine
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -178,7 +179,7 @@ def analyze(
         ],
     }
     pngs = [
-        plot_r2_matrix(statistics.r2, names, out / "r2_matrix.png", "R² (scalar centring)"),
+        plot_r2_matrix(statistics.r2, names, out / "r2_matrix.png", r2_label(config.usae)),
         figures.plot_entropy_histogram(entropy, fired, out / "firing_entropy.png"),
         figures.plot_cofiring_matrix(results["cofiring_matrix"], names, out / "cofiring.png"),
         figures.plot_universality_scatter(

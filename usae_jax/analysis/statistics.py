@@ -1,7 +1,9 @@
 """Per-concept statistics of a trained USAE over a dataset, in one streamed, jitted pass.
 
 Every model encodes its own activations of each token (BatchNorm in eval mode, as the paper's
-analysis does). Shapes: ``M`` models, ``n`` concepts, ``B`` rows per batch, ``t`` top examples.
+analysis does) under the model's own sparsity rule (``usae_jax.train.metrics.encode_models_eval``:
+global TopK for a global-TopK SPARC model). Shapes: ``M`` models, ``n`` concepts, ``B`` rows
+per batch, ``t`` top examples.
 Counts are accumulated on the host in int64/float64, so any number of rows can be streamed.
 """
 
@@ -17,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import USAEConfig
-from usae_jax.model.usae import encode_eval, normalize_dictionary
-from usae_jax.train.metrics import evaluate
+from usae_jax.model.inference import encode_models_eval
+from usae_jax.model.usae import normalize_dictionary
+from usae_jax.train.metrics import encoding_name, evaluate
 
 
 class RowSource(Protocol):
@@ -110,6 +113,10 @@ class ConceptStatistics:
     r2_per_feature: np.ndarray
     """``[M, M]`` R² with per-feature centring (1 - FVU), averaged the same way."""
 
+    encoding: str = "local TopK"
+    """The sparsity rule every statistic was encoded with
+    (``usae_jax.train.metrics.encoding_name``)."""
+
     @property
     def mean_activation(self) -> np.ndarray:
         """``[M, n]`` mean code over all tokens, ``E_x[z_c]`` for each model."""
@@ -124,12 +131,8 @@ class ConceptStatistics:
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _batch_statistics(usae: USAEConfig, tau: float, num_top: int, params, stats, batch, valid):
     """Statistics of one padded batch; ``valid`` ``[B]`` masks the padding rows."""
-    codes = jnp.stack(
-        [
-            encode_eval(usae, params["models"][name], stats[name], batch[name]).codes
-            for name in usae.model_names
-        ]
-    )  # [M, B, n]
+    encoded = encode_models_eval(usae, params, stats, batch)
+    codes = jnp.stack([encoded[name].codes for name in usae.model_names])  # [M, B, n]
     codes = codes * valid[None, :, None]
     fires = (codes > tau).astype(jnp.float32)
     rows = jnp.sum(valid)
@@ -253,21 +256,29 @@ def compute_statistics(
         top_rows=top_rows,
         r2=totals["r2"] / num_rows,
         r2_per_feature=totals["r2_per_feature"] / num_rows,
+        encoding=encoding_name(usae),
     )
 
 
 def statistics_summary(statistics: ConceptStatistics) -> Mapping[str, object]:
-    """JSON-ready per-model dead fractions (never non-zero; never above tau) and R² matrices."""
+    """JSON-ready per-model dead fractions on the analysed rows and R² matrices.
+
+    ``dead_on_data``: fraction of concepts never non-zero on the ``num_rows`` analysed rows;
+    ``dead_on_data_above_tau``: never above tau there. (Training's ``dead_recent`` is another
+    measure: not fired in the last epoch's training rows.) ``r2_encoding`` names the sparsity
+    rule the codes and R² were computed with.
+    """
     names = statistics.model_names
     return {
         "num_rows": statistics.num_rows,
         "tau": statistics.tau,
-        "dead_fraction_never_nonzero": dict(
+        "dead_on_data": dict(
             zip(names, np.mean(statistics.nonzero_counts == 0, axis=1).tolist(), strict=True)
         ),
-        "dead_fraction_never_above_tau": dict(
+        "dead_on_data_above_tau": dict(
             zip(names, np.mean(statistics.fire_counts == 0, axis=1).tolist(), strict=True)
         ),
+        "r2_encoding": statistics.encoding,
         "r2_scalar_centring": statistics.r2.tolist(),
         "r2_per_feature_centring": statistics.r2_per_feature.tolist(),
     }

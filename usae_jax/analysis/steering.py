@@ -29,7 +29,8 @@ import numpy as np
 from usae_jax.backbones.blocks import carry_edit
 from usae_jax.backbones.tokens import resample_grid
 from usae_jax.config import USAEConfig
-from usae_jax.model.usae import decode, encode_eval, normalize_dictionary
+from usae_jax.model.inference import encode_eval
+from usae_jax.model.usae import decode, normalize_dictionary
 
 
 class SearchResult(NamedTuple):

@@ -14,24 +14,24 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-import transformers as tf
 
 from usae_jax.backbones import base, siglip, weights
 
-# model_type -> (Flax class, config class, mean, std, prefix tokens, params extraction never uses)
+# model_type -> (Flax class name and config class name in transformers 4, mean, std, prefix
+# tokens, params extraction never uses)
 VISION_FAMILIES = {
-    "vit": (tf.FlaxViTModel, tf.ViTConfig, base.HALF, base.HALF, 1, ("pooler",)),
+    "vit": ("FlaxViTModel", "ViTConfig", base.HALF, base.HALF, 1, ("pooler",)),
     "dinov2": (
-        tf.FlaxDinov2Model,
-        tf.Dinov2Config,
+        "FlaxDinov2Model",
+        "Dinov2Config",
         base.IMAGENET_MEAN,
         base.IMAGENET_STD,
         1,
         ("mask_token",),
     ),
     "clip_vision_model": (
-        tf.FlaxCLIPVisionModel,
-        tf.CLIPVisionConfig,
+        "FlaxCLIPVisionModel",
+        "CLIPVisionConfig",
         base.CLIP_MEAN,
         base.CLIP_STD,
         1,
@@ -39,10 +39,18 @@ VISION_FAMILIES = {
     ),
 }
 TEXT_FAMILIES = {
-    "bert": (tf.FlaxBertModel, tf.BertConfig, ("pooler",)),
-    "clip_text_model": (tf.FlaxCLIPTextModel, tf.CLIPTextConfig, ()),
+    "bert": ("FlaxBertModel", "BertConfig", ("pooler",)),
+    "clip_text_model": ("FlaxCLIPTextModel", "CLIPTextConfig", ()),
 }
 SHORT_NAMES = {"clip_vision_model": "clip", "clip_text_model": "clip_text"}
+
+
+def _transformers_class(name: str):
+    """``transformers.NAME`` (imported here: transformers 4 is optional, only these loaders use
+    its Flax classes)."""
+    import transformers
+
+    return getattr(transformers, name)
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -104,7 +112,8 @@ def vision_from_state_dict(
     """
     if model_type not in VISION_FAMILIES:
         raise ValueError(f"unsupported vision model_type {model_type!r}: {sorted(VISION_FAMILIES)}")
-    cls, _, dmean, dstd, prefix, unused = VISION_FAMILIES[model_type]
+    cls_name, _, dmean, dstd, prefix, unused = VISION_FAMILIES[model_type]
+    cls = _transformers_class(cls_name)
     if model_type == "dinov2":
         state_dict = resize_dinov2_positions(dict(state_dict), config.patch_size, config.image_size)
         prefix += getattr(config, "num_register_tokens", 0) or 0
@@ -144,7 +153,7 @@ def load_hf_vision(directory: str | os.PathLike, image_size: int | None = None):
             f"{directory}: model_type {model_type!r} is not a supported vision family "
             f"({sorted(VISION_FAMILIES)} or siglip_vision_model)"
         )
-    config = VISION_FAMILIES[model_type][1].from_dict(cfg)
+    config = _transformers_class(VISION_FAMILIES[model_type][1]).from_dict(cfg)
     if image_size is not None:
         if model_type != "dinov2" and image_size != config.image_size:
             raise ValueError(f"{model_type}: only DINOv2 supports another image_size here")
@@ -186,11 +195,14 @@ def text_forward(module, model_type, config):
 
 def load_hf_text(directory: str | os.PathLike, with_tokenizer: bool = True) -> base.TextBackbone:
     """A text backbone (BERT or CLIP text) from a local ``save_pretrained`` directory."""
+    import transformers as tf  # optional: only these loaders need it
+
     cfg = read_config(directory)
     model_type = cfg.get("model_type")
     if model_type not in TEXT_FAMILIES:
         raise ValueError(f"{directory}: model_type {model_type!r} not in {sorted(TEXT_FAMILIES)}")
-    cls, config_cls, unused = TEXT_FAMILIES[model_type]
+    cls_name, config_name, unused = TEXT_FAMILIES[model_type]
+    cls, config_cls = _transformers_class(cls_name), _transformers_class(config_name)
     config = config_cls.from_dict(cfg)
     path = weights.find_checkpoint(directory)
     model = cls(config, seed=0)
@@ -214,6 +226,8 @@ def random_bert(
 
     A control stream: a different network on the same sentences and the same token ids.
     """
+    import transformers as tf  # optional: only these loaders need it
+
     vocab = len(tokenizer_from.tokenizer)
     config = tf.BertConfig(
         vocab_size=vocab,

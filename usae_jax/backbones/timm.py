@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import transformers as tf
 
 from usae_jax.backbones import base, hf, siglip, weights
+
+if TYPE_CHECKING:
+    pass
 
 
 def _blocks(sd: Mapping[str, np.ndarray]) -> int:
@@ -108,6 +111,8 @@ def _geometry(sd, prefix_tokens):
 
 def vit_from_state_dict(sd, ident, num_heads: int = 12) -> base.VisionBackbone:
     """timm ``vit_base_patch16_224``-style ViT (heads are not in the state dict: 12 for B/16)."""
+    import transformers as tf  # optional: only these loaders need it
+
     geo, side = _geometry(sd, 1)
     config = tf.ViTConfig(**geo, num_attention_heads=num_heads, image_size=side * geo["patch_size"],
                           layer_norm_eps=1e-6, hidden_act="gelu")  # fmt: skip
@@ -116,6 +121,8 @@ def vit_from_state_dict(sd, ident, num_heads: int = 12) -> base.VisionBackbone:
 
 def dinov2_from_state_dict(sd, ident, num_heads: int = 6, image_size: int = 224):
     """torch.hub ``dinov2_vits14``-style DINOv2 run at ``image_size`` (6 heads for ViT-S)."""
+    import transformers as tf  # optional: only these loaders need it
+
     geo, _ = _geometry(sd, 1)
     geo.pop("intermediate_size")
     config = tf.Dinov2Config(**geo, num_attention_heads=num_heads, image_size=image_size,
@@ -125,6 +132,8 @@ def dinov2_from_state_dict(sd, ident, num_heads: int = 6, image_size: int = 224)
 
 def siglip_from_state_dict(sd, ident, num_heads: int = 12) -> base.VisionBackbone:
     """timm SigLIP ViT-B/16 (``vit_base_patch16_siglip_224``; 12 heads)."""
+    import transformers as tf  # optional: only these loaders need it
+
     geo, side = _geometry(sd, 0)
     config = tf.SiglipVisionConfig(**geo, num_attention_heads=num_heads,
                                    image_size=side * geo["patch_size"], layer_norm_eps=1e-6,

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from usae_jax.backbones.base import VisionBackbone
 from usae_jax.backbones.cnn import ConvBackbone
@@ -28,6 +27,7 @@ from usae_jax.backbones.tokens import resample_grid
 from usae_jax.data.images import ImageSource
 from usae_jax.data.source import Standardisation
 from usae_jax.data.store import ModelSpec, Store, StoreWriter
+from usae_jax.progress import progress as progress_display
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -173,7 +173,7 @@ def extract(
             runs[key] = (fn, jax.device_put(backbones[key].params, replicated))
     devices = mesh.shape["data"]
     start = writer.committed_images
-    bar = tqdm(total=total, initial=start, unit="img", disable=not progress, smoothing=0.1)
+    bar = progress_display(total, initial=start, desc="extract", unit="img", enabled=progress)
     tic = time.perf_counter()
     for chunk_start in range(start, total, config.chunk_images):
         chunk = range(chunk_start, min(chunk_start + config.chunk_images, total))
@@ -200,8 +200,10 @@ def extract(
     if not writer.complete:
         stride = max(1, store.num_rows // config.stats_rows)
         rows = np.arange(0, store.num_rows, stride)
-        stats = Standardisation.fit({n: store.read(n, rows) for n in store.names})
-        writer.finish(stats.mean, stats.std)
+        stats = Standardisation.fit(
+            {n: store.read(n, rows) for n in store.names}, max_rows=None, row_ids=rows
+        )
+        writer.finish(stats.mean, stats.std, stats.epsilon)
     elapsed = time.perf_counter() - tic
     if progress and total > start:
         rate = (total - start) / elapsed

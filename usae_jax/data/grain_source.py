@@ -21,7 +21,8 @@ processes (``mp_prefetch``), each computing whole batches, returned in step orde
 same batches. A store on the tensorstore ``memory`` driver lives in one process: workers = 0 only.
 
 Rows are stored as float32, float16 or bfloat16 and served as float32, standardised with the
-manifest's per-model scalar mean/std (``(x - mean) / std``) and checked for NaN/Inf.
+manifest's per-model scalar mean/std (``(x - mean) / (std + std_epsilon)``, as
+:class:`usae_jax.data.loader.StoreSource`) and checked for NaN/Inf.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from usae_jax.data.loader import manifest_standardisation
 from usae_jax.data.source import Standardisation, check_finite
 from usae_jax.data.store import Store, StoreError
 from usae_jax.data.zarr_store import ZarrStore, is_zarr_store
@@ -205,7 +207,7 @@ class StoreRows:
                 self.store.read_blocks(name, [(int(a), int(b)) for a, b in spans], out=block)
             if self.standardisation is not None:
                 block -= np.float32(self.standardisation.mean[name])
-                block /= np.float32(self.standardisation.std[name])
+                block /= np.float32(self.standardisation.scale(name))
             check_finite(name, block, f"store {self.store.directory}")
             out[name] = block
         return out
@@ -241,7 +243,7 @@ class GrainSource:
     Args:
       store: a store, its folder, or a tensorstore kvstore spec of a zarr store.
       config: chunking, workers, threads, read-ahead.
-      standardise: apply the manifest's ``(x - mean) / std`` per model.
+      standardise: apply the manifest's ``(x - mean) / (std + std_epsilon)`` per model.
       names: the models to serve and their order (default: all, in manifest order).
       verify: check the store's checksums when opening it.
       context: tensorstore context (to share a ``memory`` zarr store).
@@ -262,16 +264,8 @@ class GrainSource:
         unknown = [n for n in self._names if n not in self.store.models]
         if unknown:
             raise StoreError(f"models {unknown} are not in the store ({self.store.names})")
-        models = self.store.models
-        if standardise and any(models[n]["mean"] is None for n in self._names):
-            raise StoreError(f"store {self.store.directory} has no standardisation statistics")
         self.standardisation = (
-            Standardisation(
-                mean={n: models[n]["mean"] for n in self._names},
-                std={n: models[n]["std"] for n in self._names},
-            )
-            if standardise
-            else None
+            manifest_standardisation(self.store, self._names) if standardise else None
         )
         if self.config.workers and isinstance(self.store, ZarrStore):
             self.store.__getstate__()  # raises now, clearly, for a one-process memory store

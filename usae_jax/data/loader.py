@@ -16,12 +16,30 @@ from usae_jax.data.source import Standardisation, check_finite, epoch_rows
 from usae_jax.data.store import Store, StoreError
 
 
+def manifest_standardisation(store, names: Iterable[str]) -> Standardisation:
+    """The store manifest's ``(x - mean) / (std + std_epsilon)`` for ``names``.
+
+    ``store`` is a memmap :class:`~usae_jax.data.store.Store` or a zarr store (anything with
+    ``models``, ``manifest`` and ``directory``); ``std_epsilon`` is 0 for stores written before
+    it was recorded. Raises :class:`StoreError` when the store has no statistics.
+    """
+    models = store.models
+    if any(models[n]["mean"] is None for n in names):
+        raise StoreError(f"store {store.directory} has no standardisation statistics")
+    return Standardisation(
+        mean={n: models[n]["mean"] for n in names},
+        std={n: models[n]["std"] for n in names},
+        epsilon=float(store.manifest.get("std_epsilon", 0.0)),
+    )
+
+
 class StoreSource:
     """A paired source over a store on disk.
 
     Args:
       store: a :class:`~usae_jax.data.store.Store` or its directory.
-      standardise: apply the manifest's ``(x - mean) / std`` per model (the official recipe).
+      standardise: apply the manifest's ``(x - mean) / (std + std_epsilon)`` per model (the
+        official recipe; ``std_epsilon`` is 0 in stores written before it was recorded).
       names: the models to serve and their order (default: all, in manifest order).
       verify: check shard checksums when opening a directory.
     """
@@ -38,16 +56,8 @@ class StoreSource:
         unknown = [n for n in self._names if n not in self.store.models]
         if unknown:
             raise StoreError(f"models {unknown} are not in the store ({self.store.names})")
-        models = self.store.models
-        if standardise and any(models[n]["mean"] is None for n in self._names):
-            raise StoreError(f"store {self.store.directory} has no standardisation statistics")
         self.standardisation = (
-            Standardisation(
-                mean={n: models[n]["mean"] for n in self._names},
-                std={n: models[n]["std"] for n in self._names},
-            )
-            if standardise
-            else None
+            manifest_standardisation(self.store, self._names) if standardise else None
         )
 
     @property
@@ -69,7 +79,7 @@ class StoreSource:
             block = self.store.read(name, indices)
             if self.standardisation is not None:
                 block = self.standardisation.apply(name, block)
-            check_finite(name, block, f"store {self.store.directory}")
+            check_finite(name, block, f"store {self.store.directory}", indices)
             out[name] = block
         return out
 

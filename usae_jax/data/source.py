@@ -58,38 +58,94 @@ def epoch_rows(num_rows: int, step: int, batch_rows: int, seed: int) -> np.ndarr
     return np.sort(order[offset * batch_rows : (offset + 1) * batch_rows])
 
 
-def check_finite(name: str, array: np.ndarray, where: str) -> None:
-    """Raise ``ValueError`` naming the model and the first bad row if ``array`` has NaN/Inf."""
+STD_EPSILON = 1e-5
+"""Added to the std before dividing, as the official code does: ``(x - mean) / (std + 1e-5)``."""
+
+
+def check_finite(
+    name: str, array: np.ndarray, where: str, row_ids: np.ndarray | None = None
+) -> None:
+    """Raise ``ValueError`` naming the model and the first bad row if ``array`` has NaN/Inf.
+
+    Args:
+      name: the model, named in the message.
+      array: ``[rows, ...]`` values to check.
+      where: what ``array`` is, for the message (e.g. ``"store runs/x"``).
+      row_ids: ``[rows]`` the source's row number of each row of ``array`` (default: the position
+        in ``array``), so a batch of sampled rows reports the row of the source, not of the batch.
+    """
     finite = np.isfinite(array)
     if not finite.all():
-        bad_rows = np.nonzero(~finite.all(axis=tuple(range(1, array.ndim))))[0]
+        bad = np.nonzero(~finite.all(axis=tuple(range(1, array.ndim))))[0]
+        first = int(bad[0]) if row_ids is None else int(np.asarray(row_ids)[bad[0]])
         raise ValueError(
             f"non-finite activations (NaN/Inf) for model {name!r} in {where}: "
-            f"{bad_rows.size} bad rows, first at row {int(bad_rows[0])}"
+            f"{bad.size} bad rows, first at row {first}"
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class Standardisation:
-    """One scalar mean and std per model, as the official code standardises activations."""
+    """One scalar mean and std per model, as the official code standardises activations.
+
+    ``apply`` computes ``(x - mean) / (std + epsilon)`` with ``std`` the unbiased (``ddof=1``)
+    standard deviation over all rows and channels, which is what the official code does with
+    ``torch.std`` and ``1e-5``.
+    """
 
     mean: Mapping[str, float]
+    """Scalar mean per model."""
+
     std: Mapping[str, float]
+    """Scalar unbiased (``ddof=1``) standard deviation per model (1.0 for constant data)."""
+
+    epsilon: float = STD_EPSILON
+    """Added to ``std`` before dividing (stores written before it existed used 0)."""
 
     @classmethod
-    def fit(cls, arrays: Mapping[str, np.ndarray], max_rows: int = 200_000) -> Standardisation:
-        """Scalar mean/std over (at most ``max_rows`` evenly spaced) rows and all channels."""
+    def fit(
+        cls,
+        arrays: Mapping[str, np.ndarray],
+        max_rows: int | None = 200_000,
+        row_ids: np.ndarray | None = None,
+        epsilon: float = STD_EPSILON,
+    ) -> Standardisation:
+        """Scalar mean/std over (at most ``max_rows`` evenly spaced) rows and all channels.
+
+        Args:
+          arrays: ``{name: [rows, width]}``, the same number of rows per model.
+          max_rows: sample at most this many evenly spaced rows (``None``: every row).
+          row_ids: ``[rows]`` the source's row number of each row of ``arrays`` (for errors;
+            default ``arange(rows)``).
+          epsilon: stored as :attr:`epsilon`.
+
+        Raises:
+          ValueError: a sampled row holds NaN/Inf (naming the model and the first such row; a
+            NaN would otherwise poison the mean and every row after standardisation), or fewer
+            than two values to take an unbiased std of.
+        """
         mean, std = {}, {}
         for name, array in arrays.items():
-            stride = max(1, len(array) // max_rows)
+            stride = 1 if max_rows is None else max(1, len(array) // max_rows)
             sample = np.asarray(array[::stride], dtype=np.float64)
+            ids = np.arange(len(array)) if row_ids is None else np.asarray(row_ids)
+            check_finite(name, sample, "the rows the standardisation is fitted on", ids[::stride])
+            if sample.size < 2:
+                raise ValueError(
+                    f"model {name!r}: need at least 2 values to fit a standardisation, "
+                    f"got shape {sample.shape}"
+                )
             mean[name] = float(sample.mean())
-            std[name] = float(sample.std()) or 1.0
-        return cls(mean=mean, std=std)
+            std[name] = float(sample.std(ddof=1)) or 1.0
+        return cls(mean=mean, std=std, epsilon=epsilon)
+
+    def scale(self, name: str) -> float:
+        """The divisor of model ``name``: ``std + epsilon``."""
+        return self.std[name] + self.epsilon
 
     def apply(self, name: str, array: np.ndarray) -> np.ndarray:
-        """``(array - mean) / std`` as float32, any shape."""
-        return ((np.asarray(array, np.float32) - self.mean[name]) / self.std[name]).astype(
+        """``(array - mean) / (std + epsilon)`` as float32, any shape."""
+        return ((np.asarray(array, np.float32) - self.mean[name]) / self.scale(name)).astype(
             np.float32
         )
 
@@ -99,8 +155,9 @@ class ArraySource:
 
     Args:
       arrays: ``{name: [rows, width]}``; every model must have the same number of rows.
-      standardise: fit one scalar mean/std per model and apply it to every batch (the official
-        recipe). Pass ``False`` for data that is already standardised.
+      standardise: fit one scalar mean/std per model and apply ``(x - mean) / (std + 1e-5)``
+        (unbiased std) to every batch, the official recipe. Pass ``False`` for data that is
+        already standardised.
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], standardise: bool = True):
@@ -148,11 +205,15 @@ class ArraySource:
     def rows(self, indices: np.ndarray | slice) -> dict[str, np.ndarray]:
         """Standardised float32 rows ``{name: [len(indices), width]}``, checked for NaN/Inf."""
         out = {}
+        if isinstance(indices, slice):
+            row_ids = np.arange(*indices.indices(self._rows))
+        else:
+            row_ids = np.asarray(indices)
         for name in self._names:
             block = np.asarray(self._arrays[name][indices], np.float32)
             if self.standardisation is not None:
                 block = self.standardisation.apply(name, block)
-            check_finite(name, block, "the requested rows")
+            check_finite(name, block, "the requested rows", row_ids)
             out[name] = block
         return out
 

@@ -10,8 +10,10 @@ flushed, fsynced and renamed into place and only then the manifest listing it is
 (write to a temporary file, fsync, ``os.replace``). A crash at any point therefore leaves a store
 whose manifest describes exactly the complete chunks; files of an uncommitted chunk are removed
 when the writer reopens the store. The manifest holds: the models (width, layer, dtype, backbone
-identity, scalar standardisation mean/std), the common token grid, the image ids in row order,
-per-shard row counts and sha256 checksums, and whether extraction completed.
+identity, scalar standardisation mean and unbiased std; the top-level ``std_epsilon`` is added to
+the std before dividing, 0 in stores written before it was recorded), the common token grid, the
+image ids in row order, per-shard row counts and sha256 checksums, and whether extraction
+completed.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-from usae_jax.data.source import Standardisation
+from usae_jax.data.source import STD_EPSILON, Standardisation
 
 FORMAT = "usae_jax.store/1"
 MANIFEST = "manifest.json"
@@ -131,11 +134,46 @@ def shard_path(name: str, index: int) -> str:
     return f"{name}/{index:05d}.bin"
 
 
+# What the writer itself puts in a model folder: committed shards and their temporary files.
+_SHARD_FILE = re.compile(r"\d{5}\.bin(\.tmp)?")
+
+
+def resolve_shard(directory: str, rel: Any) -> str:
+    """The absolute path of a manifest's shard entry ``rel``, which must stay inside the store.
+
+    A manifest is data read from disk: a crafted or damaged one must not make a reader open
+    files elsewhere. ``rel`` must be a relative path without ``..`` components whose real path
+    (symbolic links followed) lies under the store's real path; otherwise ``StoreError``.
+    """
+    if not isinstance(rel, str) or not rel:
+        raise StoreError(f"{directory}: manifest shard path {rel!r} is not a non-empty string")
+    parts = rel.replace("\\", "/").split("/")
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or os.path.splitdrive(rel)[0]:
+        raise StoreError(
+            f"{directory}: manifest shard path {rel!r} is absolute; shard paths must be "
+            "relative to the store folder"
+        )
+    if ".." in parts:
+        raise StoreError(
+            f"{directory}: manifest shard path {rel!r} contains '..'; shard paths must stay "
+            "inside the store folder"
+        )
+    root = os.path.realpath(directory)
+    path = os.path.realpath(os.path.join(root, rel))
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise StoreError(
+            f"{directory}: manifest shard path {rel!r} resolves to {path}, outside the store "
+            f"folder {root} (a symbolic link?)"
+        )
+    return path
+
+
 class StoreWriter:
     """Appends committed chunks to a store; reopening resumes after the last committed chunk.
 
     Args:
-      directory: the store folder (created if needed).
+      directory: the store folder: new, empty, or a store to resume. A non-empty folder
+        without a manifest is refused (``StoreError``), its files untouched.
       specs: the models; must equal the manifest's when resuming.
       grid: common token grid ``(h, w)``; rows per image is ``h * w``.
       meta: extraction settings; must equal the manifest's when resuming (so a resumed run
@@ -146,6 +184,8 @@ class StoreWriter:
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         fresh = new_manifest(specs, grid, json.loads(json.dumps(meta)))
+        if not os.path.exists(os.path.join(self.directory, MANIFEST)):
+            self._refuse_foreign_folder()
         if os.path.exists(os.path.join(self.directory, MANIFEST)):
             self.manifest = read_manifest(self.directory)
             for key in ("models", "grid", "meta"):
@@ -166,13 +206,29 @@ class StoreWriter:
             os.makedirs(os.path.join(self.directory, name), exist_ok=True)
         self._remove_uncommitted()
 
+    def _refuse_foreign_folder(self) -> None:
+        """A folder without a manifest must be empty: it is not a store, so its files are not
+        ours to overwrite or remove. (A lone ``manifest.json.tmp`` is a crash during the very
+        first manifest write.)"""
+        entries = sorted(set(os.listdir(self.directory)) - {MANIFEST + ".tmp"})
+        if entries:
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise StoreError(
+                f"{self.directory} is not empty ({len(entries)} entries: {shown}) and holds no "
+                f"store ({MANIFEST} is missing); refusing to write a store there. Use an empty "
+                "or new folder."
+            )
+
     def _remove_uncommitted(self) -> None:
+        """Delete shard files (and their temporaries) that no committed chunk lists."""
         listed = {f["path"] for s in self.manifest["shards"] for f in s["files"].values()}
+        for rel in listed:
+            resolve_shard(self.directory, rel)  # a manifest pointing elsewhere is refused
         for name in self.specs:
             folder = os.path.join(self.directory, name)
             for entry in os.listdir(folder):
-                if f"{name}/{entry}" not in listed:
-                    os.remove(os.path.join(folder, entry))
+                if _SHARD_FILE.fullmatch(entry) and f"{name}/{entry}" not in listed:
+                    os.remove(os.path.join(folder, entry))  # a link itself, never its target
 
     @property
     def committed_images(self) -> int:
@@ -210,13 +266,23 @@ class StoreWriter:
         write_manifest(self.directory, manifest)
         self.manifest = manifest
 
-    def finish(self, mean: Mapping[str, float], std: Mapping[str, float]) -> None:
-        """Record the per-model standardisation and mark the store complete."""
+    def finish(
+        self,
+        mean: Mapping[str, float],
+        std: Mapping[str, float],
+        std_epsilon: float = STD_EPSILON,
+    ) -> None:
+        """Record the per-model standardisation and mark the store complete.
+
+        Readers standardise with ``(x - mean) / (std + std_epsilon)``; ``std`` is the unbiased
+        (``ddof=1``) std, as in the official code.
+        """
         manifest = dict(self.manifest)
         manifest["models"] = [
             m | {"mean": float(mean[m["name"]]), "std": float(std[m["name"]])}
             for m in manifest["models"]
         ]
+        manifest["std_epsilon"] = float(std_epsilon)
         manifest["complete"] = True
         write_manifest(self.directory, manifest)
         self.manifest = manifest
@@ -253,7 +319,7 @@ class Store:
         entry = shard["files"].get(name)
         if entry is None:
             raise StoreError(f"{self.directory}: a shard lists no file for model {name!r}")
-        path = os.path.join(self.directory, entry["path"])
+        path = resolve_shard(self.directory, entry.get("path"))
         if not os.path.isfile(path):
             raise StoreError(f"missing shard {path} (listed in the manifest)")
         dtype = np.dtype(DTYPES[spec["dtype"]])
@@ -319,5 +385,5 @@ def write_store(
         rows = slice(start * per, (start + len(ids)) * per)
         writer.append(ids, {n: a[rows] for n, a in arrays.items()})
     stats = Standardisation.fit(dict(arrays))
-    writer.finish(stats.mean, stats.std)
+    writer.finish(stats.mean, stats.std, stats.epsilon)
     return Store(directory)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from usae_jax.backbones.base import TextBackbone, pool
+from usae_jax.data.source import Standardisation
 from usae_jax.data.store import ModelSpec, Store, StoreWriter
 
 _SUBJECTS = (
@@ -283,13 +284,14 @@ def text_rows(
 
 
 def finish_store(writer: StoreWriter, names: Sequence[str]) -> Store:
-    """Record scalar standardisation over every row (resumed chunks included); mark complete."""
+    """Record scalar standardisation over every row (resumed chunks included); mark complete.
+
+    Same formula as everywhere (:class:`~usae_jax.data.source.Standardisation`): unbiased std,
+    divided as ``std + 1e-5``; a NaN/Inf row raises ``ValueError`` naming the stream and row.
+    """
     store = Store(writer.directory, verify=False, require_complete=False)
-    mean, std = {}, {}
-    for name in names:
-        array = store.array(name)
-        mean[name], std[name] = float(array.mean()), float(array.std()) or 1.0
-    writer.finish(mean, std)
+    stats = Standardisation.fit({name: store.array(name) for name in names}, max_rows=None)
+    writer.finish(stats.mean, stats.std, stats.epsilon)
     return Store(writer.directory)
 
 

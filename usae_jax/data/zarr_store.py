@@ -327,6 +327,7 @@ def write_zarr_store(
         "num_rows": len(image_ids) * per,
         "image_ids": [str(i) for i in image_ids],
         "complete": True,
+        "std_epsilon": float(stats.epsilon),
         "meta": dict(meta or {}),
     }
     readers = {name: (lambda start, stop, a=a: a[start:stop]) for name, a in arrays.items()}

@@ -72,14 +72,19 @@ def local_top_k(logits: dict[str, jax.Array], k: int) -> dict[str, Encoded]:
 
 
 def encode_streams(
-    usae: USAEConfig, models: dict, batch: dict[str, jax.Array], sparsity: str | None = None
+    usae: USAEConfig,
+    models: dict,
+    batch: dict[str, jax.Array],
+    sparsity: str | None = None,
+    compute_dtype=None,
 ) -> dict[str, Encoded]:
     """Encode every stream of ``batch`` ``{stream: [B, d_s]}`` with its affine encoder.
 
     ``sparsity`` overrides ``usae.sparsity`` ("local_topk" evaluates a global-TopK model with
-    per-stream supports, the fair setting for cross-stream retrieval).
+    per-stream supports, the fair setting for cross-stream retrieval); ``compute_dtype``
+    overrides ``usae.compute_dtype`` (evaluation passes float32).
     """
-    dtype = jnp.dtype(usae.compute_dtype)
+    dtype = jnp.dtype(usae.compute_dtype if compute_dtype is None else compute_dtype)
     logits = {name: stream_logits(models[name], batch[name], dtype) for name in usae.model_names}
     rule = usae.sparsity if sparsity is None else sparsity
     if rule == "global_topk":

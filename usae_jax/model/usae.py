@@ -10,8 +10,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from usae_jax.config import USAEConfig
-
 DICTIONARY_EPS = 1e-8
 """Added to each dictionary row's norm before dividing (official value)."""
 
@@ -179,36 +177,3 @@ def decode_sparse(values: jax.Array, indices: jax.Array, unit_dictionary: jax.Ar
 def decode(encoded: Encoded, dictionary: jax.Array) -> jax.Array:
     """Reconstruct one model's activations ``[B, d]`` from an encoding and its raw dictionary."""
     return decode_sparse(encoded.top_values, encoded.top_indices, normalize_dictionary(dictionary))
-
-
-def encode_eval(usae: USAEConfig, model_params: dict, stats: dict, x: jax.Array) -> Encoded:
-    """Encode one model's rows ``x`` ``[B, d]`` for evaluation, with that model's own TopK.
-
-    ``architecture="usae"``: Linear -> BatchNorm with the running statistics -> ReLU -> TopK.
-    ``"sparc"``: the affine stream encoder -> ReLU -> TopK (``stats`` unused). Evaluation runs
-    in float32 whatever ``usae.compute_dtype`` says.
-    """
-    if usae.architecture == "sparc":
-        h = affine(model_params, x)
-        codes, values, indices = top_k_codes(jax.nn.relu(h), usae.top_k)
-        return Encoded(h, codes, values, indices)
-    encoded, _ = encode(
-        model_params,
-        stats,
-        x,
-        top_k=usae.top_k,
-        train=False,
-        momentum=usae.batchnorm_momentum,
-        eps=usae.batchnorm_eps,
-    )
-    return encoded
-
-
-def encode_models_eval(
-    usae: USAEConfig, params: dict, stats: dict, batch: dict[str, jax.Array]
-) -> dict[str, Encoded]:
-    """:func:`encode_eval` of every model of a paired batch ``{name: [B, d_name]}``."""
-    return {
-        name: encode_eval(usae, params["models"][name], stats.get(name), batch[name])
-        for name in usae.model_names
-    }

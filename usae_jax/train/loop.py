@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from usae_jax import config as config_lib
 from usae_jax.data.source import PairedSource
@@ -30,8 +29,9 @@ from usae_jax.parallel.mesh import (
     shard_rows,
 )
 from usae_jax.parallel.prefetch import prefetch_to_mesh
+from usae_jax.progress import progress
 from usae_jax.train.checkpoint import Checkpointer
-from usae_jax.train.metrics import dead_fraction, evaluate
+from usae_jax.train.metrics import dead_fraction, evaluate, r2_label
 from usae_jax.train.optim import build_optimizers
 from usae_jax.train.plots import plot_r2_matrix, plot_training_curves
 from usae_jax.train.state import TrainState, abstract_train_state, init_train_state
@@ -51,7 +51,8 @@ class TrainResult:
     """The final training state (on the devices)."""
 
     final_metrics: dict
-    """``r2`` and ``r2_per_feature`` ``[M, M]`` lists, ``l0``, ``dead_fraction``, ``steps``."""
+    """``r2`` and ``r2_per_feature`` ``[M, M]`` lists, ``r2_encoding``, ``l0``, ``dead_recent``
+    (concepts not fired in the last ``dead_recent_rows`` training rows), ``steps``."""
 
     seconds: float
     """Wall time of this call (compilation included)."""
@@ -163,13 +164,8 @@ def train(
     end = total_steps if stop_after is None else min(total_steps, stop_after)
 
     last_checked = start
-    bar = tqdm(
-        total=total_steps,
-        initial=start,
-        desc="train USAE",
-        disable=not config.progress_bar,
-        unit="step",
-        dynamic_ncols=True,
+    bar = progress(
+        total_steps, initial=start, desc="train USAE", unit="step", enabled=config.progress_bar
     )
     batches = prefetch_to_mesh(
         ProcessShare(source),
@@ -183,7 +179,9 @@ def train(
             state, metrics = runner(state, batch, step)
             done = step + 1
             bar.update(1)
-            if done % config.log_every == 0 or done == end:
+            # Lines follow the schedule only (not ``stop_after``), so an interrupted and resumed
+            # run writes exactly the lines of an uninterrupted one.
+            if done % config.log_every == 0 or done == total_steps:
                 metrics = jax.device_get(metrics)
                 _check_finite(float(metrics.loss), last_checked, done)
                 last_checked = done
@@ -192,20 +190,23 @@ def train(
                     "target_losses": np.asarray(metrics.target_losses),
                     "l0": float(metrics.l0),
                     "source": runner.source_of(step) or "all",
-                    "dead_fraction": dead_fraction(
-                        jax.device_get(state.tokens_since_fired),
-                        steps_per_epoch * config.batch_rows,
+                    "dead_recent": dead_fraction(
+                        jax.device_get(state.tokens_since_fired), recent_rows(config, source)
                     ),
+                    "dead_recent_rows": recent_rows(config, source),
                 }
                 writer.write(done, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if done % config.checkpoint_every == 0 or done == end:
+            scheduled = done % config.checkpoint_every == 0
+            if scheduled or done == end:
                 _check_finite(float(jax.device_get(metrics.loss)), last_checked, done)
-                checkpointer.save(done, state)
-                if done < total_steps:  # the final R² is in the final record
+                if scheduled and done < total_steps:  # the final R² is in the final record
+                    # Written before the save: a crash in between resumes from an earlier
+                    # checkpoint, which drops this line and writes it again.
                     host = jax.device_get((state.params, state.batch_stats))
-                    r2 = evaluate(usae, *host, eval_batch(config, source))["r2"]
-                    writer.write(done, {"r2": r2})
+                    scores = evaluate(usae, *host, eval_batch(config, source))
+                    writer.write(done, {"r2": scores["r2"], "r2_encoding": scores["encoding"]})
+                checkpointer.save(done, state)
     finally:
         batches.close()
         bar.close()
@@ -223,23 +224,30 @@ def eval_batch(config, source: PairedSource) -> dict:
     return source.batch(0, min(config.eval_rows, source.num_rows), config.seed + 1)
 
 
+def recent_rows(config, source: PairedSource) -> int:
+    """The window of ``dead_recent``: the training rows of one epoch's whole steps."""
+    return max(1, source.num_rows // config.batch_rows) * config.batch_rows
+
+
 def final_report(
     config, workdir, source: PairedSource, state: TrainState, plots: bool = True
 ) -> dict:
-    """R² matrices (both centrings), L0 and dead fractions; with ``plots`` draws
-    ``r2_matrix.png`` and (from ``metrics.jsonl``, when written) ``losses.png``."""
+    """R² matrices (both centrings, each model's own sparsity rule), L0 and ``dead_recent``
+    fractions; with ``plots`` draws ``r2_matrix.png`` and (from ``metrics.jsonl``, when
+    written) ``losses.png``."""
     usae = config.usae
     batch = eval_batch(config, source)
     rows = len(next(iter(batch.values())))
     host = jax.device_get((state.params, state.batch_stats, state.tokens_since_fired))
     params, stats, tokens = host
     result = evaluate(usae, params, stats, batch)
-    steps_per_epoch = max(1, source.num_rows // config.batch_rows)
     report = {
         "r2": result["r2"].tolist(),
         "r2_per_feature": result["r2_per_feature"].tolist(),
+        "r2_encoding": result["encoding"],
         "l0": dict(zip(usae.model_names, result["l0"].tolist(), strict=True)),
-        "dead_fraction": dead_fraction(tokens, steps_per_epoch * config.batch_rows),
+        "dead_recent": dead_fraction(tokens, recent_rows(config, source)),
+        "dead_recent_rows": recent_rows(config, source),
         "eval_rows": rows,
     }
     metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -253,6 +261,6 @@ def final_report(
             result["r2"],
             usae.model_names,
             os.path.join(workdir, "r2_matrix.png"),
-            title=f"USAE R² (scalar centring), {rows} rows",
+            title=f"{r2_label(usae)}, {rows} rows",
         )
     return report

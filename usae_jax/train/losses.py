@@ -21,32 +21,59 @@ import jax.numpy as jnp
 
 from usae_jax.config import USAEConfig
 
-_MAX_FLOAT_BITS = 0x7F800000  # bit pattern of +inf: above every finite non-negative float32
+
+def _total_order_keys(values: jax.Array) -> jax.Array:
+    """``uint32`` keys ``[B, n]`` whose unsigned order is the IEEE total order of ``values``.
+
+    Positive floats (denormals included) keep their bit pattern with the sign bit set; negative
+    ones have every bit flipped. So ``-NaN < -inf < ... < -0.0 < +0.0 < denormals < ... < +inf <
+    +NaN``: the order ``lax.top_k`` sorts by. Integer comparisons are unaffected by any
+    flush-to-zero of denormals.
+    """
+    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.uint32)
+    negative = (bits >> 31) == 1
+    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
 
 
 def top_half_mask(values: jax.Array, keep: int) -> jax.Array:
-    """Mask of the ``keep`` largest entries of each row of non-negative ``values`` ``[B, n]``.
+    """Boolean mask ``[B, n]`` of the entries ``lax.top_k(values, keep)`` selects in each row.
 
-    Equals selecting with ``lax.top_k(values, keep)`` (up to ties, which have probability zero
-    for continuous values; zeros are never kept, since they contribute nothing) but costs 31
-    fused counting passes instead of a sort: the threshold of each row is found by bisection on
-    the bit pattern, which orders non-negative float32 values exactly.
+    Exactly ``keep`` entries per row, the same ones ``lax.top_k`` picks: ranked by the IEEE total
+    order (``+NaN`` above ``+inf``, ``+0.0`` above ``-0.0``, denormals by value), ties broken by
+    the lowest index. Zeros are therefore kept when a row has fewer than ``keep`` larger entries,
+    as ``torch.topk`` keeps them in the official code (they add nothing to the auxiliary codes).
+    A NaN is kept before any number, as ``lax.top_k`` does (training rejects NaN activations
+    before they reach this function).
+
+    Costs 32 fused counting passes and one cumulative sum instead of a sort: the ``keep``-th
+    largest key of each row is found bit by bit (a radix select on :func:`_total_order_keys`);
+    every entry above it is kept, and of those equal to it, the first ones by index.
+
+    Args:
+      values: ``[B, n]`` floating values (float32, or a narrower float, upcast exactly).
+      keep: how many entries per row to keep, ``0 <= keep <= n``.
     """
-    bits = jnp.where(values > 0, jax.lax.bitcast_convert_type(values, jnp.int32), 0)
-    rows = values.shape[0]
-    low = jnp.zeros((rows,), jnp.int32)  # invariant: count(bits >= low) >= keep
-    high = jnp.full(
-        (rows,), _MAX_FLOAT_BITS + 1, jnp.int32
-    )  # invariant: count(bits >= high) < keep
+    if values.ndim != 2:
+        raise ValueError(f"top_half_mask expects [B, n] values, got shape {values.shape}")
+    if not jnp.issubdtype(values.dtype, jnp.floating) or values.dtype.itemsize > 4:
+        raise TypeError(f"top_half_mask expects float32 or narrower floats, got {values.dtype}")
+    if not 0 <= keep <= values.shape[1]:
+        raise ValueError(f"keep must be in [0, {values.shape[1]}], got {keep}")
+    keys = _total_order_keys(values)
 
-    def bisect(_, bounds):
-        low, high = bounds
-        middle = low + (high - low) // 2
-        enough = jnp.sum(bits >= middle[:, None], axis=1, dtype=jnp.int32) >= keep
-        return jnp.where(enough, middle, low), jnp.where(enough, high, middle)
+    def next_bit(bit, threshold):
+        # invariant: count(keys >= threshold) >= keep; try setting one more bit, highest first
+        candidate = threshold | (jnp.uint32(1) << (31 - bit).astype(jnp.uint32))
+        enough = jnp.sum(keys >= candidate[:, None], axis=1, dtype=jnp.int32) >= keep
+        return jnp.where(enough, candidate, threshold)
 
-    threshold, _ = jax.lax.fori_loop(0, 31, bisect, (low, high))
-    return (bits >= threshold[:, None]) & (bits > 0)
+    # the keep-th largest key of each row (all ones when keep == 0: nothing is above it)
+    threshold = jax.lax.fori_loop(0, 32, next_bit, jnp.zeros((values.shape[0],), jnp.uint32))
+    above = keys > threshold[:, None]
+    tied = keys == threshold[:, None]
+    missing = keep - jnp.sum(above, axis=1, dtype=jnp.int32)  # >= 1 unless keep == 0
+    tie_rank = jnp.cumsum(tied, axis=1, dtype=jnp.int32)  # 1, 2, ... along each row's ties
+    return above | (tied & (tie_rank <= missing[:, None]))
 
 
 def top_half_codes_by_sort(pre_codes: jax.Array, codes: jax.Array) -> jax.Array:
@@ -71,15 +98,22 @@ def auxiliary_codes(
 ) -> jax.Array:
     """The codes the auxiliary term decodes: ``[B, n], [B, n] -> [B, n]``.
 
-    * ``"top_half"`` (official): the top ``n // 2`` of ``relu(pre_codes) - codes`` per row.
+    * ``"top_half"`` (official): the top ``n // 2`` of ``relu(pre_codes) - codes`` per row,
+      exactly the values ``lax.top_k`` (``torch.topk``) selects. Where a row has fewer than
+      ``n // 2`` non-zero candidates, the zeros ``top_k`` also selects are left out of the
+      mask: they change no code, and kept they would only add ``g - g`` rounding to the
+      gradient of the chosen codes.
     * ``"dead_latents"`` (Gao et al. 2024): the top ``dead_k_aux`` of ``relu(pre_codes)`` among
       the concepts flagged in ``dead_mask`` ``[n]`` (all zeros when none is dead).
     Gradients flow through the kept values, not through the selection.
     """
     if rule == "top_half":
         unchosen = jax.nn.relu(pre_codes) - codes
-        mask = jax.lax.stop_gradient(top_half_mask(unchosen, unchosen.shape[1] // 2))
-        return jnp.where(mask, unchosen, 0.0)
+        # bit test, not `!= 0`: denormals count as non-zero even where they are flushed
+        bits = jax.lax.bitcast_convert_type(unchosen.astype(jnp.float32), jnp.uint32)
+        nonzero = (bits << 1) != 0
+        mask = top_half_mask(unchosen, unchosen.shape[1] // 2) & nonzero
+        return jnp.where(jax.lax.stop_gradient(mask), unchosen, 0.0)
     if rule == "dead_latents":
         if dead_mask is None:
             raise ValueError('rule="dead_latents" needs a dead_mask of shape [n]')

@@ -1,7 +1,15 @@
-"""Evaluation metrics of a trained USAE: the R² matrix, sparsity, dead concepts, recovery.
+"""Evaluation metrics of a trained USAE: the R² matrix, sparsity and dead concepts.
 
 Evaluation encodes each model's activations with its own encoder, BatchNorm in eval mode
-(running statistics), as the paper's analysis does.
+(running statistics), as the paper's analysis does, and with the model's own sparsity rule
+(:func:`usae_jax.model.inference.encode_models_eval`): each model its own TopK for a USAE or
+a local-TopK SPARC model, one support from every stream's summed logits for a global-TopK
+SPARC model. The rule is named (:func:`encoding_name`) wherever an R² is printed or stored.
+
+Two meanings of "dead" are kept apart by name: training reports ``dead_recent``, the concepts
+that did not fire in the last ``dead_recent_rows`` training rows (:func:`dead_fraction`); the
+analysis reports ``dead_on_data``, the concepts never non-zero on the analysed rows
+(:mod:`usae_jax.analysis.statistics`).
 """
 
 from __future__ import annotations
@@ -13,8 +21,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import USAEConfig
-from usae_jax.data.synthetic.planted import PlantedData
-from usae_jax.model.usae import decode, encode_models_eval
+from usae_jax.model.inference import encode_models_eval
+from usae_jax.model.usae import decode
+
+ENCODING_NAMES = {"local_topk": "local TopK", "global_topk": "global TopK"}
+"""How each sparsity rule's evaluation encoding is named in printed and stored results."""
+
+
+def encoding_name(usae: USAEConfig) -> str:
+    """The evaluation encoding of ``usae``: "local TopK" (each model keeps its own top ``k``)
+    or "global TopK" (one support of ``k`` concepts per row from every stream's summed logits)."""
+    return ENCODING_NAMES[usae.sparsity]
+
+
+def r2_label(usae: USAEConfig, centring: str = "scalar") -> str:
+    """E.g. ``"R² (global TopK encoding, scalar centring)"``."""
+    centrings = {"scalar": "scalar centring", "per_feature": "per-feature centring"}
+    if centring not in centrings:
+        raise ValueError(f"unknown centring {centring!r}: 'scalar' or 'per_feature'")
+    return f"R² ({encoding_name(usae)} encoding, {centrings[centring]})"
 
 
 def r_squared(x: jax.Array, x_hat: jax.Array, centring: str = "scalar") -> jax.Array:
@@ -52,36 +77,28 @@ def _cross_r2(usae: USAEConfig, params: dict, stats: dict, batch: dict):
 
 
 def evaluate(usae: USAEConfig, params: dict, stats: dict, batch: dict[str, np.ndarray]) -> dict:
-    """R² matrices and L0 on one paired batch ``{name: [B, d]}``.
+    """R² matrices and L0 on one paired batch ``{name: [B, d]}``, each model encoded with its own
+    sparsity rule (:func:`encode_models_eval`).
 
     Returns ``{"r2": [M, M] (scalar centring, row = encoding model, column = decoded model),
-    "r2_per_feature": [M, M], "l0": [M]}`` as numpy arrays.
+    "r2_per_feature": [M, M], "l0": [M]}`` as numpy arrays and ``"encoding"``, the rule's name
+    (:func:`encoding_name`).
     """
     scalar, feature, l0 = jax.device_get(_cross_r2(usae, params, stats, batch))
-    return {"r2": np.asarray(scalar), "r2_per_feature": np.asarray(feature), "l0": np.asarray(l0)}
-
-
-def dead_fraction(tokens_since_fired: dict, threshold_rows: int) -> dict[str, float]:
-    """Fraction of concepts per model that did not fire in the last ``threshold_rows`` rows."""
     return {
-        name: float(np.mean(np.asarray(count) >= threshold_rows))
-        for name, count in tokens_since_fired.items()
+        "r2": np.asarray(scalar),
+        "r2_per_feature": np.asarray(feature),
+        "l0": np.asarray(l0),
+        "encoding": encoding_name(usae),
     }
 
 
-def mean_max_cosine(dictionary: np.ndarray, directions: np.ndarray) -> float:
-    """Mean over planted ``directions`` ``[c, d]`` of the best cosine with a row of ``dictionary``.
+def dead_fraction(tokens_since_fired: dict, threshold_rows: int) -> dict[str, float]:
+    """Fraction of concepts per model that did not fire in the last ``threshold_rows`` training
+    rows (stored as ``dead_recent``); ``tokens_since_fired`` is ``{name: [n]}``.
 
-    ``dictionary`` is ``[n, d]`` (raw or normalised). 1.0 means every direction is recovered.
-    """
-    atoms = dictionary / (np.linalg.norm(dictionary, axis=1, keepdims=True) + 1e-12)
-    targets = directions / (np.linalg.norm(directions, axis=1, keepdims=True) + 1e-12)
-    return float(np.mean(np.max(targets @ atoms.T, axis=1)))
-
-
-def recovery(params: dict, planted: PlantedData) -> dict[str, float]:
-    """Per model, mean over planted shared concepts of the best cosine with a dictionary row."""
+    Not the analysis's ``dead_on_data`` (never non-zero on the analysed rows)."""
     return {
-        name: mean_max_cosine(np.asarray(params["models"][name]["dictionary"]), directions)
-        for name, directions in planted.shared_directions.items()
+        name: float(np.mean(np.asarray(count) >= threshold_rows))
+        for name, count in tokens_since_fired.items()
     }

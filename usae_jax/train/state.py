@@ -28,7 +28,8 @@ class TrainState:
       batch_stats: ``{name: {"mean": [n], "var": [n], "count": []}}`` BatchNorm running stats.
       opt_states: ``{name: optax state}``, one AdamW state per model (its own update count).
       tokens_since_fired: ``{name: [n] int32}`` rows encoded by that model's encoder since each
-        concept last fired (drives the dead-latent AuxK and the dead-concept metric).
+        concept last fired, saturating at ``2**31 - 1`` (drives the dead-latent AuxK and the
+        dead-concept metric).
     """
 
     step: jax.Array

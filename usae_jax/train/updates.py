@@ -28,9 +28,17 @@ class StepMetrics(NamedTuple):
 
 
 def update_firing(tokens_since_fired: jax.Array, codes: jax.Array) -> jax.Array:
-    """Rows since each concept last fired ``[n]``, after a batch of ``[B, n]`` codes."""
+    """Rows since each concept last fired ``[n]``, after a batch of ``[B, n]`` codes.
+
+    The count saturates at the largest value of its integer type (``2**31 - 1`` rows for int32)
+    instead of wrapping negative: at the paper's scale a model encodes about ``2.5e9`` rows, and
+    a wrapped count would make a long-dead concept look alive to the dead-latent AuxK and to the
+    dead fraction.
+    """
     fired = jnp.any(codes > 0, axis=0)
-    return jnp.where(fired, 0, tokens_since_fired + codes.shape[0])
+    room = jnp.iinfo(tokens_since_fired.dtype).max - tokens_since_fired  # >= 0: counts are >= 0
+    added = tokens_since_fired + jnp.minimum(room, codes.shape[0]).astype(tokens_since_fired.dtype)
+    return jnp.where(fired, 0, added)
 
 
 def update_every_model(optimizers, grads, opt_states, models) -> tuple[dict, dict]:

@@ -37,8 +37,11 @@ def _to_json(value):
 class JsonlWriter:
     """Appends one JSON object per ``write`` to ``path`` (``{"step": s, ...metrics}``).
 
-    Only process 0 writes; on resume, lines at or after the resumed step are dropped first so
-    the file reads as one uninterrupted run.
+    Only process 0 writes. On resume from a checkpoint of step ``resume_step`` the file is cut
+    to the lines of steps ``<= resume_step`` (what the checkpointed run had logged up to and
+    including that step), without ``"final"`` records (each call writes its own at its end) and
+    without a torn last line; then the resumed run appends, so the file reads as one
+    uninterrupted run. The cut file replaces the old one atomically.
     """
 
     def __init__(self, path: str | os.PathLike, resume_step: int = 0):
@@ -51,13 +54,23 @@ class JsonlWriter:
         if os.path.exists(self.path):
             with open(self.path) as handle:
                 for line in handle:
+                    if not line.strip():
+                        continue
                     try:
-                        if json.loads(line)["step"] < resume_step:
-                            kept.append(line)
-                    except (json.JSONDecodeError, KeyError):
+                        record = json.loads(line)
+                        step = int(record["step"])
+                    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                         break  # a torn last line from an interrupted run
-        with open(self.path, "w") as handle:
+                    if step > resume_step:
+                        break  # written after the checkpoint: the resumed run redoes them
+                    if "final" not in record:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as handle:
             handle.writelines(kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self._active:

@@ -42,7 +42,8 @@ import optax
 from usae_jax.backbones.base import VisionBackbone
 from usae_jax.backbones.tokens import resample_grid
 from usae_jax.config import USAEConfig
-from usae_jax.model.usae import encode_eval, pre_activations
+from usae_jax.model.inference import encode_eval
+from usae_jax.model.usae import pre_activations
 
 # Lucid's square root of the ImageNet colour correlation matrix (rows: R, G, B).
 COLOR_CORRELATION = np.array(

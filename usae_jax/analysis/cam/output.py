@@ -5,30 +5,47 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from usae_jax.analysis.cam.optimize import CAMConfig, CAMResult
 
 
-def cam_report(result: CAMResult, config: CAMConfig) -> dict:
-    """JSON-ready summary: per concept and model, the start/final activations."""
+def cam_report(
+    result: CAMResult,
+    config: CAMConfig,
+    natural: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    image_ids: Sequence[str] | None = None,
+) -> dict:
+    """JSON-ready summary: per concept and model, the start/final activations.
+
+    Args:
+      result: the CAM run (``C`` concepts, ``M`` models).
+      config: its settings, stored in the report.
+      natural: optional :func:`usae_jax.analysis.load.natural_image_maxima` for the same
+        concepts in the same order: adds ``best_natural_pre`` (the largest token-mean
+        pre-activation over the store's natural images) and ``best_natural_image`` (its index,
+        or its id from ``image_ids``) per concept and model.
+      image_ids: the store's image ids (``manifest["image_ids"]``), to name the images.
+    """
     rows = []
     for i, concept in enumerate(result.concepts.tolist()):
-        rows.append(
-            {
-                "concept": concept,
-                **{
-                    name: {
-                        "start_pre": float(result.start[i, m]),
-                        "final_pre": float(result.final[i, m]),
-                        "final_code": float(result.final_codes[i, m]),
-                    }
-                    for m, name in enumerate(result.model_names)
-                },
+        entry = {"concept": concept}
+        for m, name in enumerate(result.model_names):
+            entry[name] = {
+                "start_pre": float(result.start[i, m]),
+                "final_pre": float(result.final[i, m]),
+                "final_code": float(result.final_codes[i, m]),
             }
-        )
-    return {
+            if natural is not None:
+                image = int(natural[name]["image"][i])
+                entry[name]["best_natural_pre"] = float(natural[name]["value"][i])
+                entry[name]["best_natural_image"] = (
+                    image_ids[image] if image_ids is not None else image
+                )
+        rows.append(entry)
+    report = {
         "objective": "token-mean pre-ReLU BatchNorm output (eval mode) of the concept",
         "config": dataclasses.asdict(config),
         "models": list(result.model_names),
@@ -36,6 +53,12 @@ def cam_report(result: CAMResult, config: CAMConfig) -> dict:
         "seconds": round(result.seconds, 2),
         "seconds_per_concept": round(result.seconds / len(result.concepts), 2),
     }
+    if natural is not None:
+        report["natural_images"] = (
+            "best_natural_pre: the same objective's largest value over the store's images "
+            "(their tokens as stored, standardised as for training)"
+        )
+    return report
 
 
 def shrink_png(path: str, max_bytes: int = 1_000_000) -> str:
@@ -97,13 +120,21 @@ def save_cam_png(
 
 
 def write_cam_outputs(
-    result: CAMResult, config: CAMConfig, prefix: str, *, usae_step: int, title: str
+    result: CAMResult,
+    config: CAMConfig,
+    prefix: str,
+    *,
+    usae_step: int,
+    title: str,
+    natural: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    image_ids: Sequence[str] | None = None,
 ) -> dict:
     """Write ``prefix.png`` (the figure), ``prefix.npz`` (the images, float16 ``[C, P, S, S,
-    3]``) and ``prefix.json`` (:func:`cam_report` plus ``usae_step``); return the report."""
+    3]``) and ``prefix.json`` (:func:`cam_report` with ``natural``/``image_ids`` plus
+    ``usae_step``); return the report."""
     save_cam_png(result, prefix + ".png", title=title)
     np.savez_compressed(prefix + ".npz", images=result.images.astype(np.float16))
-    report = cam_report(result, config) | {"usae_step": usae_step}
+    report = cam_report(result, config, natural, image_ids) | {"usae_step": usae_step}
     with open(prefix + ".json", "w") as handle:
         json.dump(report, handle, indent=2)
     return report

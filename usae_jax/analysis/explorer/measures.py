@@ -19,7 +19,8 @@ import scipy.sparse
 from usae_jax.analysis import universality as uni
 from usae_jax.analysis.statistics import ConceptStatistics, RowSource, StatisticsConfig
 from usae_jax.config import USAEConfig
-from usae_jax.model.usae import encode_eval, normalize_dictionary
+from usae_jax.model.inference import encode_models_eval
+from usae_jax.model.usae import normalize_dictionary
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -106,11 +107,10 @@ class ConceptPass:
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _top_codes(usae: USAEConfig, params: dict, stats: dict, batch: dict):
-    """``(values, indices)``, each ``[M, B, k]``: every model's kept codes (eval mode)."""
-    encoded = [
-        encode_eval(usae, params["models"][name], stats[name], batch[name])
-        for name in usae.model_names
-    ]
+    """``(values, indices)``, each ``[M, B, k]``: every model's kept codes (eval mode, each
+    model with its own sparsity rule: a global-TopK SPARC model shares one support per row)."""
+    encodings = encode_models_eval(usae, params, stats, batch)
+    encoded = [encodings[name] for name in usae.model_names]
     return jnp.stack([e.top_values for e in encoded]), jnp.stack([e.top_indices for e in encoded])
 
 
@@ -139,8 +139,8 @@ def concept_pass(
     """Stream the source once more: firing histograms and co-firing partners.
 
     Args:
-      usae, params, batch_stats: the trained model (each model encodes its own rows; a SPARC
-        model is encoded per stream, its local TopK).
+      usae, params, batch_stats: the trained model (each model encodes its own rows with its
+        own sparsity rule: a global-TopK SPARC model shares one support per row).
       source: paired standardised rows (the statistics' source).
       statistics: from :func:`~usae_jax.analysis.statistics.compute_statistics` on the same
         source (its largest codes set the histogram ranges; its row count is used).

@@ -20,7 +20,7 @@ from PIL import Image
 from usae_jax.analysis.examples import ImageTokens, crop_window, top_images
 from usae_jax.analysis.statistics import ConceptStatistics, RowSource
 from usae_jax.config import USAEConfig
-from usae_jax.model.usae import encode_eval
+from usae_jax.model.inference import encode_models_eval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,13 +69,9 @@ class RowTexts:
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _all_codes(usae: USAEConfig, params: dict, stats: dict, batch: dict) -> jax.Array:
-    """``[M, B, n]`` every model's codes of its own rows (eval mode)."""
-    return jax.numpy.stack(
-        [
-            encode_eval(usae, params["models"][name], stats[name], batch[name]).codes
-            for name in usae.model_names
-        ]
-    )
+    """``[M, B, n]`` every model's codes of its own rows (eval mode, its own sparsity rule)."""
+    encodings = encode_models_eval(usae, params, stats, batch)
+    return jax.numpy.stack([encodings[name].codes for name in usae.model_names])
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, vmax: float) -> np.ndarray:

@@ -1,0 +1,104 @@
+"""The threshold top-half selection equals ``lax.top_k``'s, ties and special values included."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from usae_jax.train.losses import auxiliary_codes, top_half_codes_by_sort, top_half_mask
+
+NAN = np.float32("nan")
+TINY = np.float32(1e-45)  # the smallest positive denormal
+
+
+def _top_k_mask(values: np.ndarray, keep: int) -> np.ndarray:
+    """The reference: the entries ``lax.top_k`` selects, as a boolean mask ``[B, n]``."""
+    _, indices = jax.lax.top_k(jnp.asarray(values), keep)
+    mask = np.zeros(values.shape, bool)
+    np.put_along_axis(mask, np.asarray(indices), True, axis=1)
+    return mask
+
+
+def _check(values, keep: int) -> np.ndarray:
+    values = np.asarray(values, np.float32)
+    mask = np.asarray(top_half_mask(jnp.asarray(values), keep))
+    np.testing.assert_array_equal(mask, _top_k_mask(values, keep))
+    assert np.all(mask.sum(axis=1) == keep)
+    return mask
+
+
+def test_ties_keep_exactly_keep_entries_first_by_index():
+    np.testing.assert_array_equal(_check([[1, 1, 1, 1, 0, 0]], 3), [[1, 1, 1, 0, 0, 0]])
+    np.testing.assert_array_equal(_check([[2, 1, 1, 1, 0, 0]], 2), [[1, 1, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(_check([[0, 1, 2, 1, 1, 0]], 3), [[0, 1, 1, 1, 0, 0]])
+
+
+def test_all_zero_rows_and_rows_with_few_positives():
+    _check(np.zeros((3, 8)), 4)
+    _check([[0, 0, 0, 5, 0, 0, 0, 2], [0, 3, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]], 4)
+    _check([[0.0, -0.0, 0.0, -0.0, 1.0, -0.0]], 3)  # +0 ranks above -0, as in lax.top_k
+
+
+def test_denormals_are_ordered_by_value():
+    # ``values > 0`` on a denormal can read as false where denormals are flushed; bit patterns
+    # order them correctly whatever the floating-point mode
+    row = np.array([[0, TINY, 3 * TINY, 0, 1e-40, 2 * TINY, 0, 0]], np.float32)
+    np.testing.assert_array_equal(_check(row, 3), [[0, 0, 1, 0, 1, 1, 0, 0]])
+    _check(row, 5)
+
+
+def test_nan_ranks_above_every_number_as_in_top_k():
+    row = np.array([[1, NAN, 2, 0, np.inf, NAN, 0, 3]], np.float32)
+    np.testing.assert_array_equal(_check(row, 2), [[0, 1, 0, 0, 0, 1, 0, 0]])
+    np.testing.assert_array_equal(_check(row, 3), [[0, 1, 0, 0, 1, 1, 0, 0]])
+    _check(row, 4)
+    _check(np.full((2, 6), NAN), 3)
+
+
+def test_negative_values_and_edge_keeps():
+    row = np.array([[-1, -3, 0.5, -2, -1, 4]], np.float32)
+    for keep in range(row.shape[1] + 1):
+        _check(row, keep)
+
+
+@pytest.mark.parametrize("rows,concepts,levels", [(9, 10, 3), (17, 64, 5), (5, 255, None)])
+def test_random_rows_with_many_ties(rows, concepts, levels):
+    rng = np.random.default_rng(concepts)
+    values = rng.standard_normal((rows, concepts))
+    if levels is not None:  # few distinct values: ties everywhere
+        values = np.round(values * levels / 2) / levels
+    values = np.maximum(values, 0).astype(np.float32)
+    _check(values, concepts // 2)
+    _check(values, 1)
+
+
+def test_auxiliary_codes_equal_the_top_k_reference_with_ties_and_zeros():
+    # chosen codes leave exact zeros behind; five unchosen values tie for the four places
+    pre = jnp.array(
+        [[3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 2.0], [0.0, 0.0, 5.0, -1.0, 0.0, 0.0, 0.0, 0.0]]
+    )
+    codes = jnp.array(
+        [[3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0], [0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
+    )
+    aux = auxiliary_codes(pre, codes, rule="top_half")
+    np.testing.assert_array_equal(aux, top_half_codes_by_sort(pre, codes))
+    np.testing.assert_array_equal(np.count_nonzero(aux, axis=1), [4, 0])
+
+
+def test_auxiliary_codes_keep_denormals_and_nan_as_top_k_does():
+    pre = np.array(
+        [[TINY, 0, 3 * TINY, 0, 0, 0, 0, 0], [NAN, 1, 0, 0, 2, 0, 0, 0]], np.float32
+    )  # 2 of 8 positive per row: top_k's half also selects zeros, which change no code
+    codes = np.zeros_like(pre)
+    codes[1, 4] = 2.0  # chosen by the encoder's TopK: leaves a zero behind
+    aux = np.asarray(auxiliary_codes(jnp.asarray(pre), jnp.asarray(codes), rule="top_half"))
+    np.testing.assert_array_equal(aux, top_half_codes_by_sort(jnp.asarray(pre), codes))
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="keep"):
+        top_half_mask(jnp.zeros((2, 4)), 5)
+    with pytest.raises(ValueError, match=r"\[B, n\]"):
+        top_half_mask(jnp.zeros((4,)), 2)
+    with pytest.raises(TypeError, match="float32"):
+        top_half_mask(jnp.zeros((2, 4), jnp.int32), 2)
