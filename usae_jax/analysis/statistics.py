@@ -1,8 +1,8 @@
 """Per-concept statistics of a trained USAE over a dataset, in one streamed, jitted pass.
 
 Every model encodes its own activations of each token (BatchNorm in eval mode, as the paper's
-analysis does) under the model's own sparsity rule (``usae_jax.train.metrics.encode_models_eval``:
-global TopK for a global-TopK SPARC model). Shapes: ``M`` models, ``n`` concepts, ``B`` rows
+analysis does) under the model's own sparsity rule (``usae_jax.model.inference``: global TopK
+for a global-TopK SPARC model). Shapes: ``M`` models, ``n`` concepts, ``B`` rows
 per batch, ``t`` top examples.
 Counts are accumulated on the host in int64/float64, so any number of rows can be streamed.
 """
