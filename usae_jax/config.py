@@ -9,17 +9,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from usae_jax.validation import require
+
 LossKind = Literal["l1_auxk", "l2_auxk"]
 AuxKind = Literal["top_half", "dead_latents"]
 SourceSampling = Literal["random_one", "all"]
 ScheduleHorizon = Literal["official", "per_model"]
 SparsityRule = Literal["local_topk", "global_topk"]
 Architecture = Literal["usae", "sparc"]
-
-
-def _require(condition: bool, field: str, value, why: str) -> None:
-    if not condition:
-        raise ValueError(f"{field}={value!r}: {why}")
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -83,56 +80,56 @@ class USAEConfig:
     def __post_init__(self):
         object.__setattr__(self, "model_names", tuple(self.model_names))
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        _require(
+        require(
             len(set(self.model_names)) == len(self.model_names),
             "model_names",
             self.model_names,
             "names must be unique",
         )
-        _require(
+        require(
             len(self.widths) == len(self.model_names),
             "widths",
             self.widths,
             f"need one width per model ({len(self.model_names)} models)",
         )
-        _require(all(w > 0 for w in self.widths), "widths", self.widths, "widths must be > 0")
-        _require(self.num_concepts > 0, "num_concepts", self.num_concepts, "must be > 0")
-        _require(
+        require(all(w > 0 for w in self.widths), "widths", self.widths, "widths must be > 0")
+        require(self.num_concepts > 0, "num_concepts", self.num_concepts, "must be > 0")
+        require(
             0 < self.top_k <= self.num_concepts,
             "top_k",
             self.top_k,
             f"must be in [1, num_concepts={self.num_concepts}]",
         )
-        _require(self.loss in ("l1_auxk", "l2_auxk"), "loss", self.loss, "l1_auxk or l2_auxk")
-        _require(self.aux in ("top_half", "dead_latents"), "aux", self.aux, "unknown rule")
-        _require(self.aux_coefficient >= 0, "aux_coefficient", self.aux_coefficient, "must be >= 0")
-        _require(self.dead_k_aux > 0, "dead_k_aux", self.dead_k_aux, "must be > 0")
-        _require(
+        require(self.loss in ("l1_auxk", "l2_auxk"), "loss", self.loss, "l1_auxk or l2_auxk")
+        require(self.aux in ("top_half", "dead_latents"), "aux", self.aux, "unknown rule")
+        require(self.aux_coefficient >= 0, "aux_coefficient", self.aux_coefficient, "must be >= 0")
+        require(self.dead_k_aux > 0, "dead_k_aux", self.dead_k_aux, "must be > 0")
+        require(
             0 < self.dead_after_tokens <= 2**31 - 1,
             "dead_after_tokens",
             self.dead_after_tokens,
             "must be in [1, 2**31 - 1] (the int32 counter saturates there)",
         )
-        _require(
+        require(
             0 < self.batchnorm_momentum <= 1,
             "batchnorm_momentum",
             self.batchnorm_momentum,
             "must be in (0, 1]",
         )
-        _require(self.batchnorm_eps > 0, "batchnorm_eps", self.batchnorm_eps, "must be > 0")
-        _require(
+        require(self.batchnorm_eps > 0, "batchnorm_eps", self.batchnorm_eps, "must be > 0")
+        require(
             self.sparsity in ("local_topk", "global_topk"), "sparsity", self.sparsity, "unknown"
         )
-        _require(
+        require(
             self.compute_dtype in ("float32", "bfloat16"),
             "compute_dtype",
             self.compute_dtype,
             "float32 or bfloat16",
         )
-        _require(
+        require(
             self.architecture in ("usae", "sparc"), "architecture", self.architecture, "unknown"
         )
-        _require(
+        require(
             self.sparsity == "local_topk" or self.architecture == "sparc",
             "sparsity",
             self.sparsity,
@@ -191,21 +188,21 @@ class OptimConfig:
     each schedule spans the steps that model is expected to take (a departure)."""
 
     def __post_init__(self):
-        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
-        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
-        _require(0 <= self.b1 < 1, "b1", self.b1, "must be in [0, 1)")
-        _require(0 <= self.b2 < 1, "b2", self.b2, "must be in [0, 1)")
-        _require(self.eps > 0, "eps", self.eps, "must be > 0")
-        _require(self.clip_norm is None or self.clip_norm > 0, "clip_norm", self.clip_norm, "> 0")
-        _require(
+        require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        require(0 <= self.b1 < 1, "b1", self.b1, "must be in [0, 1)")
+        require(0 <= self.b2 < 1, "b2", self.b2, "must be in [0, 1)")
+        require(self.eps > 0, "eps", self.eps, "must be > 0")
+        require(self.clip_norm is None or self.clip_norm > 0, "clip_norm", self.clip_norm, "> 0")
+        require(
             self.warmup_steps is None or self.warmup_steps >= 0,
             "warmup_steps",
             self.warmup_steps,
             "must be >= 0 or None",
         )
-        _require(self.warmup_start_lr >= 0, "warmup_start_lr", self.warmup_start_lr, ">= 0")
-        _require(self.final_lr >= 0, "final_lr", self.final_lr, "must be >= 0")
-        _require(self.horizon in ("official", "per_model"), "horizon", self.horizon, "unknown")
+        require(self.warmup_start_lr >= 0, "warmup_start_lr", self.warmup_start_lr, ">= 0")
+        require(self.final_lr >= 0, "final_lr", self.final_lr, "must be >= 0")
+        require(self.horizon in ("official", "per_model"), "horizon", self.horizon, "unknown")
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -260,37 +257,37 @@ class TrainConfig:
     60 s) when stderr is not a terminal (CI, ``nohup`` logs)."""
 
     def __post_init__(self):
-        _require(self.batch_rows > 1, "batch_rows", self.batch_rows, "must be > 1 (BatchNorm)")
-        _require(
+        require(self.batch_rows > 1, "batch_rows", self.batch_rows, "must be > 1 (BatchNorm)")
+        require(
             (self.num_steps is None) != (self.num_epochs is None),
             "num_steps/num_epochs",
             (self.num_steps, self.num_epochs),
             "set exactly one of them",
         )
-        _require(self.num_steps is None or self.num_steps > 0, "num_steps", self.num_steps, "> 0")
-        _require(
+        require(self.num_steps is None or self.num_steps > 0, "num_steps", self.num_steps, "> 0")
+        require(
             self.num_epochs is None or self.num_epochs > 0, "num_epochs", self.num_epochs, "> 0"
         )
-        _require(
+        require(
             self.source_sampling in ("random_one", "all"),
             "source_sampling",
             self.source_sampling,
             "random_one or all",
         )
-        _require(
+        require(
             self.data_parallel is None or self.data_parallel > 0,
             "data_parallel",
             self.data_parallel,
             "must be > 0 or None",
         )
         if self.data_parallel is not None:
-            _require(
+            require(
                 self.batch_rows % self.data_parallel == 0,
                 "batch_rows",
                 self.batch_rows,
                 f"must be divisible by data_parallel={self.data_parallel}",
             )
-        _require(
+        require(
             self.concept_parallel > 0
             and self.usae.num_concepts % self.concept_parallel == 0
             and self.usae.num_concepts // self.concept_parallel >= 1,
@@ -298,10 +295,10 @@ class TrainConfig:
             self.concept_parallel,
             f"must be > 0 and divide num_concepts={self.usae.num_concepts}",
         )
-        _require(self.checkpoint_every > 0, "checkpoint_every", self.checkpoint_every, "> 0")
-        _require(self.keep_checkpoints > 0, "keep_checkpoints", self.keep_checkpoints, "> 0")
-        _require(self.log_every > 0, "log_every", self.log_every, "must be > 0")
-        _require(self.eval_rows > 1, "eval_rows", self.eval_rows, "must be > 1")
+        require(self.checkpoint_every > 0, "checkpoint_every", self.checkpoint_every, "> 0")
+        require(self.keep_checkpoints > 0, "keep_checkpoints", self.keep_checkpoints, "> 0")
+        require(self.log_every > 0, "log_every", self.log_every, "must be > 0")
+        require(self.eval_rows > 1, "eval_rows", self.eval_rows, "must be > 1")
 
     def total_steps(self, num_rows: int) -> int:
         """Number of training steps for a source of ``num_rows`` rows."""

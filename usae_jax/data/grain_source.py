@@ -43,6 +43,7 @@ from usae_jax.data.loader import manifest_standardisation
 from usae_jax.data.source import Standardisation, check_finite
 from usae_jax.data.store import Store, StoreError
 from usae_jax.data.zarr_store import ZarrStore, is_zarr_store
+from usae_jax.validation import require
 
 _FOREVER = 1 << 62  # the step dataset of an open-ended iterator
 
@@ -61,12 +62,10 @@ class PipelineConfig:
     """Batches read ahead per worker (``workers > 0``) or by this process's threads."""
 
     def __post_init__(self):
-        if self.chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be positive, got {self.chunk_rows}")
-        if self.workers < 0 or self.threads < 0:
-            raise ValueError(f"workers, threads must be >= 0, got {self.workers}, {self.threads}")
-        if self.buffer < 1:
-            raise ValueError(f"buffer must be >= 1, got {self.buffer}")
+        require(self.chunk_rows >= 1, "chunk_rows", self.chunk_rows, "must be >= 1")
+        require(self.workers >= 0, "workers", self.workers, "must be >= 0")
+        require(self.threads >= 0, "threads", self.threads, "must be >= 0")
+        require(self.buffer >= 1, "buffer", self.buffer, "must be >= 1")
 
 
 @functools.lru_cache(maxsize=4)
