@@ -6,12 +6,14 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "usae_jax"
 
-_BOTTOM = {"validation", "config", "progress"}
-"""Modules every layer above them may import: the validation idiom, the configs, progress."""
+_BOTTOM = {"validation", "config", "config_io", "progress"}
+"""Modules every layer above them may import: the validation idiom, the configs (and their
+reading, writing and binding), progress."""
 
 LAYERS = {
     "validation": set(),
     "config": {"validation"},
+    "config_io": {"config"},
     "progress": set(),
     "backbones": {"validation", "progress"},
     "model": _BOTTOM,

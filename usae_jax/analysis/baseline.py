@@ -17,7 +17,8 @@ import jax
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from usae_jax.config import TrainConfig, replace_fields
+from usae_jax.config import TrainConfig
+from usae_jax.config_io import replace_fields
 from usae_jax.data.source import ArraySource
 from usae_jax.model.usae import normalize_dictionary
 from usae_jax.train.loop import train

@@ -18,7 +18,8 @@ import numpy as np
 
 from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics
 from usae_jax.analysis.universality import firing_entropy, mean_cofire_proportion
-from usae_jax.config import TrainConfig, replace_fields
+from usae_jax.config import TrainConfig
+from usae_jax.config_io import replace_fields
 from usae_jax.data.source import ArraySource
 from usae_jax.train.loop import train
 from usae_jax.validation import require
