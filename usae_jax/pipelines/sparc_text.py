@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Literal
 
 from usae_jax.analysis.sparc.compare import compare_held_out, sparc_run_config, split_rows
 from usae_jax.backbones.hf import load_hf_text, random_bert
@@ -34,11 +35,11 @@ class SparcTextConfig:
     """Fraction of sentences held out for every metric (and the Procrustes map never sees)."""
     max_length: int = 32
     """Tokens per sentence (padded, truncated)."""
-    pooling: str = "mean"
+    pooling: Literal["mean", "first"] = "mean"
     """Pooling of both streams: "mean" (over the attention mask) or "first" (CLS)."""
     minilm_layer: str = "final"
     """Layer of the pretrained MiniLM stream ("0".."6" or "final")."""
-    second: str = "random_bert"
+    second: Literal["random_bert", "minilm_layer"] = "random_bert"
     """Second stream: "random_bert" (randomly initialised BERT, NOT pretrained, same tokens) or
     "minilm_layer" (MiniLM itself at ``second_layer``)."""
     second_layer: str = "final"
