@@ -111,6 +111,12 @@ class ConvBackbone:
         return self.forward(params, pixels)["logits"]
 
 
+def caffe_input(mean_bgr: tuple[float, float, float]) -> dict[str, Any]:
+    """The :class:`ConvBackbone` input fields of a Caffe-trained network: BGR pixels in
+    [0, 255] minus the per-channel ``mean_bgr``, no division."""
+    return {"mean": mean_bgr, "std": (1.0, 1.0, 1.0), "pixel_scale": 1.0, "bgr": True}
+
+
 def pure_forward(graphdef: nnx.GraphDef) -> Features:
     """``forward(state, pixels)`` of a split NNX module (merged inside the traced function)."""
 
@@ -155,6 +161,31 @@ def fill_state(abstract: nnx.State, arrays: Mapping[tuple, np.ndarray], what: st
                              f"the model wants {shape}")  # fmt: skip
         leaves.append((path, var.replace(jnp.asarray(value))))
     return nnx.from_flat_state(leaves)
+
+
+def build_state(
+    make: Callable[[nnx.Rngs], nnx.Module],
+    arrays: Mapping[tuple, np.ndarray] | None,
+    what: str,
+    seed: int = 0,
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """``(graphdef, state)`` of the module ``make(rngs)`` with converted weights.
+
+    Args:
+      make: builds the module from ``nnx.Rngs``.
+      arrays: ``{path tuple: array}`` of every parameter (as :func:`fill_state` wants them; the
+        module is only traced, never initialised), or None for random weights from ``seed``
+        (tests, smoke runs).
+      what: the checkpoint's name, for errors.
+      seed: seed of the random weights when ``arrays`` is None.
+
+    Raises:
+      ValueError: from :func:`fill_state`, naming missing or unexpected parameters or a shape.
+    """
+    graphdef, abstract = abstract_split(make)
+    if arrays is None:
+        return graphdef, random_state(make, seed)
+    return graphdef, fill_state(abstract, arrays, what)
 
 
 def random_state(make: Callable[[nnx.Rngs], nnx.Module], seed: int = 0) -> nnx.State:
