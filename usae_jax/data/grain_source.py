@@ -39,9 +39,9 @@ import grain
 import numpy as np
 from absl import flags
 
-from usae_jax.data.loader import manifest_standardisation
+from usae_jax.data.loader import StoreModels
 from usae_jax.data.source import Standardisation, check_finite
-from usae_jax.data.store import Store, StoreError
+from usae_jax.data.store import Store
 from usae_jax.data.zarr_store import ZarrStore, is_zarr_store
 from usae_jax.validation import require
 
@@ -231,7 +231,7 @@ def _absl_flags_ready() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-class GrainSource:
+class GrainSource(StoreModels):
     """A paired source over a memmap or zarr store, read by a Grain pipeline.
 
     Drop-in for :class:`~usae_jax.data.loader.StoreSource` in ``train``: :meth:`batch` serves the
@@ -257,33 +257,14 @@ class GrainSource:
         verify: bool = True,
         context=None,
     ):
-        self.store = open_store(store, verify=verify, context=context)
+        super().__init__(open_store(store, verify=verify, context=context), standardise, names)
         self.config = config or PipelineConfig()
-        self._names = tuple(names) if names is not None else self.store.names
-        unknown = [n for n in self._names if n not in self.store.models]
-        if unknown:
-            raise StoreError(f"models {unknown} are not in the store ({self.store.names})")
-        self.standardisation = (
-            manifest_standardisation(self.store, self._names) if standardise else None
-        )
         if self.config.workers and isinstance(self.store, ZarrStore):
             self.store.__getstate__()  # raises now, clearly, for a one-process memory store
         self.data = StoreRows(self.store, self._names, self.standardisation)
         self._lock = threading.Lock()
         self._stream = None  # (key, next_step, iterator)
         self._last: dict[tuple[int, int], int] = {}
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self._names
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return tuple(int(self.store.models[n]["width"]) for n in self._names)
-
-    @property
-    def num_rows(self) -> int:
-        return self.store.num_rows
 
     def batch_indices(self, step: int, batch_rows: int, seed: int) -> np.ndarray:
         """Row indices of the batch of ``step``: int64 ``[batch_rows]``, ascending."""
