@@ -48,12 +48,8 @@ class BaselineConfig:
     def __post_init__(self):
         require(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1")
         require(-1 <= self.match_cosine <= 1, "match_cosine", self.match_cosine, "in [-1, 1]")
-        require(
-            0 <= self.universal_entropy <= 1,
-            "universal_entropy",
-            self.universal_entropy,
-            "must be in [0, 1]",
-        )
+        entropy = self.universal_entropy
+        require(0 <= entropy <= 1, "universal_entropy", entropy, "must be in [0, 1]")
         require(
             0.5 < self.specific_share <= 1,
             "specific_share",

@@ -55,12 +55,8 @@ class ControlConfig:
             self.kinds,
             f"choose from {CONTROL_KINDS}",
         )
-        require(
-            0 <= self.universal_entropy <= 1,
-            "universal_entropy",
-            self.universal_entropy,
-            "must be in [0, 1]",
-        )
+        entropy = self.universal_entropy
+        require(0 <= entropy <= 1, "universal_entropy", entropy, "must be in [0, 1]")
 
 
 def broken_pairing(arrays: dict[str, np.ndarray], name: str, seed: int) -> dict[str, np.ndarray]:

@@ -62,12 +62,8 @@ class AnalysisConfig:
 
     def __post_init__(self):
         require(self.min_cofires >= 1, "min_cofires", self.min_cofires, "must be >= 1")
-        require(
-            0 <= self.universal_entropy <= 1,
-            "universal_entropy",
-            self.universal_entropy,
-            "must be in [0, 1]",
-        )
+        entropy = self.universal_entropy
+        require(0 <= entropy <= 1, "universal_entropy", entropy, "must be in [0, 1]")
         require(
             self.num_example_concepts >= 0,
             "num_example_concepts",

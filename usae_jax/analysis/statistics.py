@@ -57,12 +57,8 @@ class StatisticsConfig:
     def __post_init__(self):
         require(self.tau >= 0, "tau", self.tau, "must be >= 0")
         require(self.batch_rows >= 1, "batch_rows", self.batch_rows, "must be >= 1")
-        require(
-            self.max_rows is None or self.max_rows >= 1,
-            "max_rows",
-            self.max_rows,
-            "must be >= 1 or None",
-        )
+        rows = self.max_rows
+        require(rows is None or rows >= 1, "max_rows", rows, "must be >= 1 or None")
         require(self.num_top >= 1, "num_top", self.num_top, "must be >= 1")
 
 

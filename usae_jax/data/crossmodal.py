@@ -45,12 +45,8 @@ class ImageStream:
     patch tokens, prefix tokens excluded)."""
 
     def __post_init__(self):
-        require(
-            self.layer in self.backbone.layers,
-            "layer",
-            self.layer,
-            f"not a layer of stream {self.name!r}'s backbone",
-        )
+        known = self.backbone.layers
+        require(self.layer in known, "layer", self.layer, f"stream {self.name!r}: not in {known}")
         require(
             self.pooling in IMAGE_POOLINGS,
             "pooling",

@@ -74,12 +74,8 @@ class ExtractConfig:
         )
         for field in ("batch_images", "chunk_images", "stats_rows"):
             require(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
-        require(
-            self.max_images is None or self.max_images >= 1,
-            "max_images",
-            self.max_images,
-            "must be >= 1 or None",
-        )
+        most = self.max_images
+        require(most is None or most >= 1, "max_images", most, "must be >= 1 or None")
 
 
 Backbone = VisionBackbone | ConvBackbone

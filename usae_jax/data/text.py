@@ -154,12 +154,8 @@ class TextStream:
     """``"mean"`` (over the attention mask), ``"first"`` (CLS), ``"last"`` or None (per token)."""
 
     def __post_init__(self):
-        require(
-            self.layer in self.backbone.layers,
-            "layer",
-            self.layer,
-            f"not a layer of stream {self.name!r}'s backbone",
-        )
+        known = self.backbone.layers
+        require(self.layer in known, "layer", self.layer, f"stream {self.name!r}: not in {known}")
         require(
             self.pooling in ("mean", "first", "last", None),
             "pooling",

@@ -71,12 +71,8 @@ class SparcTextConfig:
         require(self.max_length >= 4, "max_length", self.max_length, "must be >= 4")
         require(self.pooling in ("mean", "first"), "pooling", self.pooling, "'mean' or 'first'")
         require(self.second in SECOND_STREAMS, "second", self.second, f"one of {SECOND_STREAMS}")
-        require(
-            0 < self.top_k <= self.num_concepts,
-            "top_k",
-            self.top_k,
-            f"must be in [1, num_concepts={self.num_concepts}]",
-        )
+        n = self.num_concepts
+        require(0 < self.top_k <= n, "top_k", self.top_k, f"must be in [1, num_concepts={n}]")
         require(self.steps > 0, "steps", self.steps, "must be > 0")
         require(self.batch_rows > 1, "batch_rows", self.batch_rows, "must be > 1")
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")

@@ -69,18 +69,9 @@ class ExplorerConfig:
             require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         for name in ("num_neighbours", "num_cofiring"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
-        require(
-            self.image_concepts is None or self.image_concepts >= 0,
-            "image_concepts",
-            self.image_concepts,
-            "must be >= 0 or None",
-        )
-        require(
-            self.crop_patches is None or self.crop_patches >= 1,
-            "crop_patches",
-            self.crop_patches,
-            "must be >= 1 or None",
-        )
+        shown, crop = self.image_concepts, self.crop_patches
+        require(shown is None or shown >= 0, "image_concepts", shown, "must be >= 0 or None")
+        require(crop is None or crop >= 1, "crop_patches", crop, "must be >= 1 or None")
         require(
             0.5 < self.unique_share <= 1, "unique_share", self.unique_share, "must be in (0.5, 1]"
         )
