@@ -15,7 +15,8 @@ per image), train.txt and held_out.txt (split by image group, seeded) for extrac
 
 from absl import app, flags
 
-from usae_jax.data.gather import DEBIAN_SOURCES, GatherConfig, gather
+from usae_jax.data.gather import GatherConfig, gather
+from usae_jax.data.photo_sources import DEBIAN_SOURCES
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (images, manifest, split lists).")
 _PACKAGES = flags.DEFINE_list(

@@ -13,7 +13,7 @@ import importlib
 
 from absl import app, flags, logging
 
-from usae_jax.config import replace_fields
+from usae_jax.config_io import replace_fields
 from usae_jax.data.grain_source import GrainSource, PipelineConfig
 from usae_jax.data.loader import StoreSource
 from usae_jax.data.source import ArraySource

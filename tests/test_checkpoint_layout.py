@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import make_tiny_config
 from usae_jax.analysis.load import load_run
-from usae_jax.config import OptimConfig, TrainConfig, USAEConfig, bind_models, check_unique_fields
+from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
+from usae_jax.config_io import bind_models, check_unique_fields
 from usae_jax.parallel.mesh import MODEL, make_training_mesh
 from usae_jax.train.checkpoint import Checkpointer
 from usae_jax.train.loop import train

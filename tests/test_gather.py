@@ -12,6 +12,7 @@ import pytest
 
 from usae_jax.data import gather as ga
 from usae_jax.data import images
+from usae_jax.data import photo_sources as ps
 
 PIL = pytest.importorskip("PIL.Image")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,7 @@ def _config(folder, **kw):
 
 def test_folder_without_apt(folder, tmp_path, monkeypatch):
     """No apt on the machine: the packages are reported unavailable, the folder still works."""
-    monkeypatch.setattr(ga.shutil, "which", lambda name: None)
+    monkeypatch.setattr(ps.shutil, "which", lambda name: None)
     config = ga.GatherConfig(packages=("scratch",), folders=(str(folder),), samples=False)
     manifest = ga.gather(config, tmp_path / "out")
     assert manifest["sources"]["scratch"]["status"].startswith("unavailable: apt-get")
@@ -135,14 +136,14 @@ Files: 16.04/Bridge_by_Sander_Klootwijk.jpg
 Copyright: Sander
 License: CC-BY-4.0
 """
-    stanzas = ga.parse_copyright(text)
+    stanzas = ps.parse_copyright(text)
     assert stanzas[1] == (("Media/*",), "CC-BY-SA-3.0")
     path = "usr/share/scratch/Media/Backgrounds/Nature/lake.jpg"
-    assert ga.licence_for(path, stanzas, "x") == ("CC-BY-SA-3.0", "Media/*")
+    assert ps.licence_for(path, stanzas, "x") == ("CC-BY-SA-3.0", "Media/*")
     bridge = "usr/share/backgrounds/Bridge_by_Sander_Klootwijk.jpg"  # matched by its file name
-    assert ga.licence_for(bridge, stanzas, "x")[0] == "CC-BY-4.0"
-    assert ga.licence_for("usr/bin/scratch", stanzas, "x") == ("GPL-2", "*")
-    assert ga.licence_for("a/b.jpg", [], "fallback-licence") == ("fallback-licence", "fallback")
+    assert ps.licence_for(bridge, stanzas, "x")[0] == "CC-BY-4.0"
+    assert ps.licence_for("usr/bin/scratch", stanzas, "x") == ("GPL-2", "*")
+    assert ps.licence_for("a/b.jpg", [], "fallback-licence") == ("fallback-licence", "fallback")
 
 
 def test_bad_settings_are_clear_errors(tmp_path):

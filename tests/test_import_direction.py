@@ -6,25 +6,22 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "usae_jax"
 
+_BOTTOM = {"validation", "config", "config_io", "progress"}
+"""Modules every layer above them may import: the validation idiom, the configs (and their
+reading, writing and binding), progress."""
+
 LAYERS = {
-    "config": set(),
+    "validation": set(),
+    "config": {"validation"},
+    "config_io": {"config"},
     "progress": set(),
-    "backbones": {"progress"},
-    "model": {"config"},
-    "data": {"config", "backbones", "progress"},
-    "parallel": {"config", "model", "data"},
-    "train": {"config", "model", "data", "parallel", "progress"},
-    "analysis": {"config", "backbones", "model", "data", "parallel", "train", "progress"},
-    "pipelines": {
-        "config",
-        "backbones",
-        "model",
-        "data",
-        "parallel",
-        "train",
-        "analysis",
-        "progress",
-    },
+    "backbones": {"validation", "progress"},
+    "model": _BOTTOM,
+    "data": _BOTTOM | {"backbones"},
+    "parallel": _BOTTOM | {"model", "data"},
+    "train": _BOTTOM | {"model", "data", "parallel"},
+    "analysis": _BOTTOM | {"backbones", "model", "data", "parallel", "train"},
+    "pipelines": _BOTTOM | {"backbones", "model", "data", "parallel", "train", "analysis"},
 }
 """Each top-level part of the package and the parts it may import (besides itself)."""
 

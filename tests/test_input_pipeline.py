@@ -22,7 +22,7 @@ from usae_jax.data.grain_source import (
     open_store,
     spans_of,
 )
-from usae_jax.data.loader import StoreSource
+from usae_jax.data.loader import StoreModels, StoreSource
 from usae_jax.data.source import PairedSource
 from usae_jax.parallel import hosts as distributed
 from usae_jax.train.loop import train
@@ -55,6 +55,18 @@ def assert_batches_equal(got, want):
     assert got.keys() == want.keys()
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_both_store_sources_select_their_models_alike(memmap):
+    for cls in (StoreSource, GrainSource):
+        source = cls(memmap, names=("b", "a"))
+        assert isinstance(source, StoreModels)
+        assert source.names == ("b", "a") and source.widths == (5, 4)
+        assert source.num_rows == memmap.num_rows == IMAGES * 6
+        assert set(source.standardisation.mean) == {"a", "b"}
+        assert cls(memmap, standardise=False).standardisation is None
+        with pytest.raises(st.StoreError, match=r"models \['c'\] are not in the store"):
+            cls(memmap, names=("a", "c"))
 
 
 # ----- the chunked order ------------------------------------------------------------------------

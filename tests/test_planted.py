@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import default, planted_hard
-from usae_jax.config import bind_models
+from usae_jax.config_io import bind_models
 from usae_jax.data.synthetic import planted as pl
 from usae_jax.pipelines.train_and_report import format_recovery, format_summary, written_outputs
 from usae_jax.train import recovery as rec

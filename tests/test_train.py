@@ -209,7 +209,7 @@ def test_bfloat16_compute_tracks_float32(planted, tmp_path):
 
 
 def test_resume_accepts_operational_changes_and_older_configs(planted, tmp_path):
-    from usae_jax.config import to_dict, training_identity
+    from usae_jax.config_io import to_dict, training_identity
 
     config = _config(data_parallel=1, num_steps=4, checkpoint_every=2)
     train(config, tmp_path, planted.source(), stop_after=2)

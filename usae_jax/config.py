@@ -2,6 +2,7 @@
 
 Every field has a docstring; ``__post_init__`` rejects bad values with a message naming the field.
 Defaults follow the paper's official code (spec.md sections 2-3) unless a field says otherwise.
+Reading, writing, overriding and binding configs (``bind_models``): :mod:`usae_jax.config_io`.
 """
 
 from __future__ import annotations
@@ -9,17 +10,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from usae_jax.validation import require
+
 LossKind = Literal["l1_auxk", "l2_auxk"]
 AuxKind = Literal["top_half", "dead_latents"]
 SourceSampling = Literal["random_one", "all"]
 ScheduleHorizon = Literal["official", "per_model"]
 SparsityRule = Literal["local_topk", "global_topk"]
 Architecture = Literal["usae", "sparc"]
-
-
-def _require(condition: bool, field: str, value, why: str) -> None:
-    if not condition:
-        raise ValueError(f"{field}={value!r}: {why}")
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -83,56 +81,56 @@ class USAEConfig:
     def __post_init__(self):
         object.__setattr__(self, "model_names", tuple(self.model_names))
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        _require(
+        require(
             len(set(self.model_names)) == len(self.model_names),
             "model_names",
             self.model_names,
             "names must be unique",
         )
-        _require(
+        require(
             len(self.widths) == len(self.model_names),
             "widths",
             self.widths,
             f"need one width per model ({len(self.model_names)} models)",
         )
-        _require(all(w > 0 for w in self.widths), "widths", self.widths, "widths must be > 0")
-        _require(self.num_concepts > 0, "num_concepts", self.num_concepts, "must be > 0")
-        _require(
+        require(all(w > 0 for w in self.widths), "widths", self.widths, "widths must be > 0")
+        require(self.num_concepts > 0, "num_concepts", self.num_concepts, "must be > 0")
+        require(
             0 < self.top_k <= self.num_concepts,
             "top_k",
             self.top_k,
             f"must be in [1, num_concepts={self.num_concepts}]",
         )
-        _require(self.loss in ("l1_auxk", "l2_auxk"), "loss", self.loss, "l1_auxk or l2_auxk")
-        _require(self.aux in ("top_half", "dead_latents"), "aux", self.aux, "unknown rule")
-        _require(self.aux_coefficient >= 0, "aux_coefficient", self.aux_coefficient, "must be >= 0")
-        _require(self.dead_k_aux > 0, "dead_k_aux", self.dead_k_aux, "must be > 0")
-        _require(
+        require(self.loss in ("l1_auxk", "l2_auxk"), "loss", self.loss, "l1_auxk or l2_auxk")
+        require(self.aux in ("top_half", "dead_latents"), "aux", self.aux, "unknown rule")
+        require(self.aux_coefficient >= 0, "aux_coefficient", self.aux_coefficient, "must be >= 0")
+        require(self.dead_k_aux > 0, "dead_k_aux", self.dead_k_aux, "must be > 0")
+        require(
             0 < self.dead_after_tokens <= 2**31 - 1,
             "dead_after_tokens",
             self.dead_after_tokens,
             "must be in [1, 2**31 - 1] (the int32 counter saturates there)",
         )
-        _require(
+        require(
             0 < self.batchnorm_momentum <= 1,
             "batchnorm_momentum",
             self.batchnorm_momentum,
             "must be in (0, 1]",
         )
-        _require(self.batchnorm_eps > 0, "batchnorm_eps", self.batchnorm_eps, "must be > 0")
-        _require(
+        require(self.batchnorm_eps > 0, "batchnorm_eps", self.batchnorm_eps, "must be > 0")
+        require(
             self.sparsity in ("local_topk", "global_topk"), "sparsity", self.sparsity, "unknown"
         )
-        _require(
+        require(
             self.compute_dtype in ("float32", "bfloat16"),
             "compute_dtype",
             self.compute_dtype,
             "float32 or bfloat16",
         )
-        _require(
+        require(
             self.architecture in ("usae", "sparc"), "architecture", self.architecture, "unknown"
         )
-        _require(
+        require(
             self.sparsity == "local_topk" or self.architecture == "sparc",
             "sparsity",
             self.sparsity,
@@ -191,21 +189,21 @@ class OptimConfig:
     each schedule spans the steps that model is expected to take (a departure)."""
 
     def __post_init__(self):
-        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
-        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
-        _require(0 <= self.b1 < 1, "b1", self.b1, "must be in [0, 1)")
-        _require(0 <= self.b2 < 1, "b2", self.b2, "must be in [0, 1)")
-        _require(self.eps > 0, "eps", self.eps, "must be > 0")
-        _require(self.clip_norm is None or self.clip_norm > 0, "clip_norm", self.clip_norm, "> 0")
-        _require(
+        require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        require(0 <= self.b1 < 1, "b1", self.b1, "must be in [0, 1)")
+        require(0 <= self.b2 < 1, "b2", self.b2, "must be in [0, 1)")
+        require(self.eps > 0, "eps", self.eps, "must be > 0")
+        require(self.clip_norm is None or self.clip_norm > 0, "clip_norm", self.clip_norm, "> 0")
+        require(
             self.warmup_steps is None or self.warmup_steps >= 0,
             "warmup_steps",
             self.warmup_steps,
             "must be >= 0 or None",
         )
-        _require(self.warmup_start_lr >= 0, "warmup_start_lr", self.warmup_start_lr, ">= 0")
-        _require(self.final_lr >= 0, "final_lr", self.final_lr, "must be >= 0")
-        _require(self.horizon in ("official", "per_model"), "horizon", self.horizon, "unknown")
+        require(self.warmup_start_lr >= 0, "warmup_start_lr", self.warmup_start_lr, ">= 0")
+        require(self.final_lr >= 0, "final_lr", self.final_lr, "must be >= 0")
+        require(self.horizon in ("official", "per_model"), "horizon", self.horizon, "unknown")
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -260,37 +258,37 @@ class TrainConfig:
     60 s) when stderr is not a terminal (CI, ``nohup`` logs)."""
 
     def __post_init__(self):
-        _require(self.batch_rows > 1, "batch_rows", self.batch_rows, "must be > 1 (BatchNorm)")
-        _require(
+        require(self.batch_rows > 1, "batch_rows", self.batch_rows, "must be > 1 (BatchNorm)")
+        require(
             (self.num_steps is None) != (self.num_epochs is None),
             "num_steps/num_epochs",
             (self.num_steps, self.num_epochs),
             "set exactly one of them",
         )
-        _require(self.num_steps is None or self.num_steps > 0, "num_steps", self.num_steps, "> 0")
-        _require(
+        require(self.num_steps is None or self.num_steps > 0, "num_steps", self.num_steps, "> 0")
+        require(
             self.num_epochs is None or self.num_epochs > 0, "num_epochs", self.num_epochs, "> 0"
         )
-        _require(
+        require(
             self.source_sampling in ("random_one", "all"),
             "source_sampling",
             self.source_sampling,
             "random_one or all",
         )
-        _require(
+        require(
             self.data_parallel is None or self.data_parallel > 0,
             "data_parallel",
             self.data_parallel,
             "must be > 0 or None",
         )
         if self.data_parallel is not None:
-            _require(
+            require(
                 self.batch_rows % self.data_parallel == 0,
                 "batch_rows",
                 self.batch_rows,
                 f"must be divisible by data_parallel={self.data_parallel}",
             )
-        _require(
+        require(
             self.concept_parallel > 0
             and self.usae.num_concepts % self.concept_parallel == 0
             and self.usae.num_concepts // self.concept_parallel >= 1,
@@ -298,124 +296,13 @@ class TrainConfig:
             self.concept_parallel,
             f"must be > 0 and divide num_concepts={self.usae.num_concepts}",
         )
-        _require(self.checkpoint_every > 0, "checkpoint_every", self.checkpoint_every, "> 0")
-        _require(self.keep_checkpoints > 0, "keep_checkpoints", self.keep_checkpoints, "> 0")
-        _require(self.log_every > 0, "log_every", self.log_every, "must be > 0")
-        _require(self.eval_rows > 1, "eval_rows", self.eval_rows, "must be > 1")
+        require(self.checkpoint_every > 0, "checkpoint_every", self.checkpoint_every, "> 0")
+        require(self.keep_checkpoints > 0, "keep_checkpoints", self.keep_checkpoints, "> 0")
+        require(self.log_every > 0, "log_every", self.log_every, "must be > 0")
+        require(self.eval_rows > 1, "eval_rows", self.eval_rows, "must be > 1")
 
     def total_steps(self, num_rows: int) -> int:
         """Number of training steps for a source of ``num_rows`` rows."""
         if self.num_steps is not None:
             return self.num_steps
         return max(1, int(self.num_epochs * (num_rows // self.batch_rows)))
-
-
-def to_dict(config) -> dict:
-    """A JSON-ready dict of a (nested) config."""
-    return dataclasses.asdict(config)
-
-
-def train_config_from_dict(data: dict) -> TrainConfig:
-    """Inverse of :func:`to_dict` for :class:`TrainConfig`.
-
-    Fields missing from ``data`` (written before they existed) take their defaults; unknown
-    fields are an error naming them.
-    """
-    data = dict(data)
-    parts = {"usae": (USAEConfig, data.pop("usae")), "optim": (OptimConfig, data.pop("optim"))}
-    built = {}
-    for key, (cls, values) in parts.items():
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown {key} config fields {sorted(unknown)}")
-        built[key] = cls(**values)
-    unknown = set(data) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        raise ValueError(f"unknown training config fields {sorted(unknown)}")
-    return TrainConfig(**built, **data)
-
-
-OPERATIONAL_FIELDS = (
-    "data_parallel",
-    "concept_parallel",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "log_every",
-    "eval_rows",
-    "progress_bar",
-)
-"""TrainConfig fields that change how a run is executed or reported, not what it computes: a
-run may be resumed with different values of these."""
-
-
-def training_identity(data: dict) -> dict:
-    """The part of a config dict that must match to resume a run: every field that changes the
-    math, with defaults filled in for fields the dict predates."""
-    full = to_dict(train_config_from_dict(data))
-    return {key: value for key, value in full.items() if key not in OPERATIONAL_FIELDS}
-
-
-def _field_names(cls) -> set[str]:
-    return {field.name for field in dataclasses.fields(cls)}
-
-
-def check_unique_fields(*classes) -> None:
-    """Raise ``TypeError`` if two of the config ``classes`` share a field name (other than the
-    fields that nest them): :func:`replace_fields` routes an override by its name alone."""
-    seen: dict[str, str] = {}
-    for cls in classes:
-        for name in _field_names(cls):
-            if name in seen:
-                raise TypeError(
-                    f"config field {name!r} is defined by both {seen[name]} and {cls.__name__}; "
-                    "replace_fields needs unique field names"
-                )
-            seen[name] = cls.__name__
-
-
-_USAE_FIELDS = _field_names(USAEConfig)
-_OPTIM_FIELDS = _field_names(OptimConfig)
-check_unique_fields(USAEConfig, OptimConfig, TrainConfig)
-
-
-def replace_fields(config: TrainConfig, **overrides) -> TrainConfig:
-    """``config`` with the non-None ``overrides`` applied, wherever each field lives.
-
-    ``num_steps`` replaces ``num_epochs`` (and vice versa). Validation runs again.
-    """
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    usae = {k: v for k, v in overrides.items() if k in _USAE_FIELDS}
-    optim = {k: v for k, v in overrides.items() if k in _OPTIM_FIELDS}
-    train = {k: v for k, v in overrides.items() if k not in _USAE_FIELDS | _OPTIM_FIELDS}
-    if "num_steps" in train:
-        train["num_epochs"] = None
-    elif "num_epochs" in train:
-        train["num_steps"] = None
-    return dataclasses.replace(
-        config,
-        usae=dataclasses.replace(config.usae, **usae),
-        optim=dataclasses.replace(config.optim, **optim),
-        **train,
-    )
-
-
-def bind_models(config: TrainConfig, names, widths) -> TrainConfig:
-    """``config`` with the data source's models: sets ``model_names``/``widths`` of a recipe
-    that left them empty, or checks that a bound config names the same models and widths.
-
-    Raises ``ValueError`` naming the disagreement.
-    """
-    names, widths = tuple(names), tuple(int(w) for w in widths)
-    usae = config.usae
-    if not usae.is_bound:
-        return dataclasses.replace(
-            config, usae=dataclasses.replace(usae, model_names=names, widths=widths)
-        )
-    if usae.model_names != names:
-        raise ValueError(f"source models {names} do not match the config's {usae.model_names}")
-    for name, have, want in zip(names, widths, usae.widths, strict=True):
-        if have != want:
-            raise ValueError(
-                f"model {name!r}: activations have width {have} but the config says {want}"
-            )
-    return config

@@ -17,10 +17,12 @@ import jax
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from usae_jax.config import TrainConfig, replace_fields
+from usae_jax.config import TrainConfig
+from usae_jax.config_io import replace_fields
 from usae_jax.data.source import ArraySource
 from usae_jax.model.usae import normalize_dictionary
 from usae_jax.train.loop import train
+from usae_jax.validation import require
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -44,14 +46,16 @@ class BaselineConfig:
     """Seed of the random-atom chance baseline."""
 
     def __post_init__(self):
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps={self.num_steps!r}: must be >= 1")
-        if not -1 <= self.match_cosine <= 1:
-            raise ValueError(f"match_cosine={self.match_cosine!r}: must be in [-1, 1]")
-        if not 0 <= self.universal_entropy <= 1:
-            raise ValueError(f"universal_entropy={self.universal_entropy!r}: must be in [0, 1]")
-        if not 0.5 < self.specific_share <= 1:
-            raise ValueError(f"specific_share={self.specific_share!r}: must be in (0.5, 1]")
+        require(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1")
+        require(-1 <= self.match_cosine <= 1, "match_cosine", self.match_cosine, "in [-1, 1]")
+        entropy = self.universal_entropy
+        require(0 <= entropy <= 1, "universal_entropy", entropy, "must be in [0, 1]")
+        require(
+            0.5 < self.specific_share <= 1,
+            "specific_share",
+            self.specific_share,
+            "must be in (0.5, 1]",
+        )
 
 
 class Matching(NamedTuple):

@@ -18,9 +18,11 @@ import numpy as np
 
 from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics
 from usae_jax.analysis.universality import firing_entropy, mean_cofire_proportion
-from usae_jax.config import TrainConfig, replace_fields
+from usae_jax.config import TrainConfig
+from usae_jax.config_io import replace_fields
 from usae_jax.data.source import ArraySource
 from usae_jax.train.loop import train
+from usae_jax.validation import require
 
 CONTROL_KINDS = ("real", "shuffled", "noise")
 
@@ -46,13 +48,15 @@ class ControlConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "kinds", tuple(self.kinds))
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps={self.num_steps!r}: must be >= 1")
-        unknown = set(self.kinds) - set(CONTROL_KINDS)
-        if unknown or not self.kinds:
-            raise ValueError(f"kinds={self.kinds!r}: choose from {CONTROL_KINDS}")
-        if not 0 <= self.universal_entropy <= 1:
-            raise ValueError(f"universal_entropy={self.universal_entropy!r}: must be in [0, 1]")
+        require(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1")
+        require(
+            bool(self.kinds) and set(self.kinds) <= set(CONTROL_KINDS),
+            "kinds",
+            self.kinds,
+            f"choose from {CONTROL_KINDS}",
+        )
+        entropy = self.universal_entropy
+        require(0 <= entropy <= 1, "universal_entropy", entropy, "must be in [0, 1]")
 
 
 def broken_pairing(arrays: dict[str, np.ndarray], name: str, seed: int) -> dict[str, np.ndarray]:

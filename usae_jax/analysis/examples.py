@@ -17,6 +17,7 @@ import numpy as np
 from usae_jax.analysis.statistics import ConceptStatistics, RowSource
 from usae_jax.config import USAEConfig
 from usae_jax.model.inference import encode_models_eval
+from usae_jax.validation import require
 
 
 def top_examples(statistics: ConceptStatistics, concept: int, count: int | None = None) -> dict:
@@ -60,12 +61,19 @@ class ImageTokens:
 
     def __post_init__(self):
         image_index = np.asarray(self.image_index)
-        if image_index.ndim != 1:
-            raise ValueError(f"image_index must be 1-D [rows], got shape {image_index.shape}")
-        if len(self.grid) != 2 or min(self.grid) < 1:
-            raise ValueError(f"grid={self.grid!r}: need (h, w) with h, w >= 1")
-        if self.patch_index is not None and np.shape(self.patch_index) != image_index.shape:
-            raise ValueError("patch_index must have the same shape as image_index")
+        require(image_index.ndim == 1, "image_index.shape", image_index.shape, "must be 1-D [rows]")
+        require(
+            len(self.grid) == 2 and min(self.grid) >= 1,
+            "grid",
+            self.grid,
+            "need (h, w) with h, w >= 1",
+        )
+        require(
+            self.patch_index is None or np.shape(self.patch_index) == image_index.shape,
+            "patch_index.shape",
+            np.shape(self.patch_index),
+            f"must equal image_index's shape {image_index.shape}",
+        )
 
     def image(self, image_id: int) -> np.ndarray:
         """Image ``image_id`` as ``[H, W(, 3)]`` floats."""

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from usae_jax.config import TrainConfig, USAEConfig, train_config_from_dict
+from usae_jax.config import TrainConfig, USAEConfig
+from usae_jax.config_io import train_config_from_dict
 from usae_jax.data.loader import StoreSource
 from usae_jax.data.source import PairedSource
 from usae_jax.data.store import Store, read_manifest

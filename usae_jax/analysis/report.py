@@ -32,6 +32,7 @@ from usae_jax.model.usae import normalize_dictionary
 from usae_jax.train.metrics import r2_label
 from usae_jax.train.plots import plot_r2_matrix
 from usae_jax.train.recovery import mean_max_cosine
+from usae_jax.validation import require
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -60,12 +61,15 @@ class AnalysisConfig:
     """Crop image panels to this many grid cells around the peak; None: whole images."""
 
     def __post_init__(self):
-        if self.min_cofires < 1:
-            raise ValueError(f"min_cofires={self.min_cofires!r}: must be >= 1")
-        if not 0 <= self.universal_entropy <= 1:
-            raise ValueError(f"universal_entropy={self.universal_entropy!r}: must be in [0, 1]")
-        if self.num_example_concepts < 0:
-            raise ValueError(f"num_example_concepts={self.num_example_concepts!r}: must be >= 0")
+        require(self.min_cofires >= 1, "min_cofires", self.min_cofires, "must be >= 1")
+        entropy = self.universal_entropy
+        require(0 <= entropy <= 1, "universal_entropy", entropy, "must be in [0, 1]")
+        require(
+            self.num_example_concepts >= 0,
+            "num_example_concepts",
+            self.num_example_concepts,
+            "must be >= 0",
+        )
 
 
 def _rounded(values: np.ndarray) -> list:

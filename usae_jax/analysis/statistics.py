@@ -22,6 +22,7 @@ from usae_jax.config import USAEConfig
 from usae_jax.model.inference import encode_models_eval
 from usae_jax.model.usae import normalize_dictionary
 from usae_jax.train.metrics import encoding_name, evaluate
+from usae_jax.validation import require
 
 
 class RowSource(Protocol):
@@ -54,14 +55,11 @@ class StatisticsConfig:
     """Top-activating rows kept per concept and model."""
 
     def __post_init__(self):
-        if not self.tau >= 0:
-            raise ValueError(f"tau={self.tau!r}: must be >= 0")
-        if self.batch_rows < 1:
-            raise ValueError(f"batch_rows={self.batch_rows!r}: must be >= 1")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise ValueError(f"max_rows={self.max_rows!r}: must be >= 1 or None")
-        if self.num_top < 1:
-            raise ValueError(f"num_top={self.num_top!r}: must be >= 1")
+        require(self.tau >= 0, "tau", self.tau, "must be >= 0")
+        require(self.batch_rows >= 1, "batch_rows", self.batch_rows, "must be >= 1")
+        rows = self.max_rows
+        require(rows is None or rows >= 1, "max_rows", rows, "must be >= 1 or None")
+        require(self.num_top >= 1, "num_top", self.num_top, "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from usae_jax.validation import require
+
 Forward = Callable[..., tuple[tuple[jax.Array, ...], jax.Array]]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,12 +85,16 @@ class VisionBackbone:
     CLIP), else None; lets :mod:`usae_jax.backbones.blocks` run its remaining blocks."""
 
     def __post_init__(self):
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-            )
-        if self.num_prefix < 0 or self.num_layers < 1 or self.width < 1:
-            raise ValueError(f"invalid backbone geometry: {self}")
+        require(self.patch_size >= 1, "patch_size", self.patch_size, "must be >= 1")
+        require(
+            self.image_size % self.patch_size == 0,
+            "image_size",
+            self.image_size,
+            f"must be a multiple of patch_size={self.patch_size}",
+        )
+        require(self.num_prefix >= 0, "num_prefix", self.num_prefix, "must be >= 0")
+        require(self.num_layers >= 1, "num_layers", self.num_layers, "must be >= 1")
+        require(self.width >= 1, "width", self.width, "must be >= 1")
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from usae_jax.validation import require
+
 Features = Callable[[Any, jax.Array], dict[str, jax.Array]]
 
 
@@ -54,10 +56,15 @@ class ConvBackbone:
     """The weights: an ``nnx.State`` (a pytree) to pass to ``forward``."""
 
     def __post_init__(self):
-        if self.image_size < 1 or self.pixel_scale <= 0 or min(self.std) <= 0:
-            raise ValueError(f"invalid backbone settings: {self}")
-        if not self.layer_shapes or "logits" in self.layer_shapes:
-            raise ValueError(f"layer_shapes must name feature maps (not 'logits'): {self}")
+        require(self.image_size >= 1, "image_size", self.image_size, "must be >= 1")
+        require(self.pixel_scale > 0, "pixel_scale", self.pixel_scale, "must be > 0")
+        require(min(self.std) > 0, "std", self.std, "must be > 0 in every channel")
+        require(
+            bool(self.layer_shapes) and "logits" not in self.layer_shapes,
+            "layer_shapes",
+            tuple(self.layer_shapes),
+            "must name feature maps (not 'logits')",
+        )
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -104,6 +111,12 @@ class ConvBackbone:
         return self.forward(params, pixels)["logits"]
 
 
+def caffe_input(mean_bgr: tuple[float, float, float]) -> dict[str, Any]:
+    """The :class:`ConvBackbone` input fields of a Caffe-trained network: BGR pixels in
+    [0, 255] minus the per-channel ``mean_bgr``, no division."""
+    return {"mean": mean_bgr, "std": (1.0, 1.0, 1.0), "pixel_scale": 1.0, "bgr": True}
+
+
 def pure_forward(graphdef: nnx.GraphDef) -> Features:
     """``forward(state, pixels)`` of a split NNX module (merged inside the traced function)."""
 
@@ -148,6 +161,31 @@ def fill_state(abstract: nnx.State, arrays: Mapping[tuple, np.ndarray], what: st
                              f"the model wants {shape}")  # fmt: skip
         leaves.append((path, var.replace(jnp.asarray(value))))
     return nnx.from_flat_state(leaves)
+
+
+def build_state(
+    make: Callable[[nnx.Rngs], nnx.Module],
+    arrays: Mapping[tuple, np.ndarray] | None,
+    what: str,
+    seed: int = 0,
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """``(graphdef, state)`` of the module ``make(rngs)`` with converted weights.
+
+    Args:
+      make: builds the module from ``nnx.Rngs``.
+      arrays: ``{path tuple: array}`` of every parameter (as :func:`fill_state` wants them; the
+        module is only traced, never initialised), or None for random weights from ``seed``
+        (tests, smoke runs).
+      what: the checkpoint's name, for errors.
+      seed: seed of the random weights when ``arrays`` is None.
+
+    Raises:
+      ValueError: from :func:`fill_state`, naming missing or unexpected parameters or a shape.
+    """
+    graphdef, abstract = abstract_split(make)
+    if arrays is None:
+        return graphdef, random_state(make, seed)
+    return graphdef, fill_state(abstract, arrays, what)
 
 
 def random_state(make: Callable[[nnx.Rngs], nnx.Module], seed: int = 0) -> nnx.State:

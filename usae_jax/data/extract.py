@@ -28,6 +28,7 @@ from usae_jax.data.images import ImageSource
 from usae_jax.data.source import Standardisation
 from usae_jax.data.store import ModelSpec, Store, StoreWriter
 from usae_jax.progress import progress as progress_display
+from usae_jax.validation import require
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -62,17 +63,19 @@ class ExtractConfig:
     """Stop after this many images of the source (``None``: all)."""
 
     def __post_init__(self):
-        if not self.models:
-            raise ValueError("choose at least one model")
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise ValueError(f"model names must be unique: {names}")
-        if min(self.grid) < 1 or len(self.grid) != 2:
-            raise ValueError(f"grid must be two positive sides, got {self.grid}")
-        if self.batch_images < 1 or self.chunk_images < 1 or self.stats_rows < 1:
-            raise ValueError("batch_images, chunk_images and stats_rows must be positive")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be positive, got {self.max_images}")
+        names = tuple(m.name for m in self.models)
+        require(bool(self.models), "models", names, "choose at least one model")
+        require(len(set(names)) == len(names), "models", names, "model names must be unique")
+        require(
+            len(self.grid) == 2 and min(self.grid) >= 1,
+            "grid",
+            self.grid,
+            "must be two positive sides (h, w)",
+        )
+        for field in ("batch_images", "chunk_images", "stats_rows"):
+            require(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
+        most = self.max_images
+        require(most is None or most >= 1, "max_images", most, "must be >= 1 or None")
 
 
 Backbone = VisionBackbone | ConvBackbone

@@ -39,10 +39,11 @@ import grain
 import numpy as np
 from absl import flags
 
-from usae_jax.data.loader import manifest_standardisation
+from usae_jax.data.loader import StoreModels
 from usae_jax.data.source import Standardisation, check_finite
-from usae_jax.data.store import Store, StoreError
+from usae_jax.data.store import Store
 from usae_jax.data.zarr_store import ZarrStore, is_zarr_store
+from usae_jax.validation import require
 
 _FOREVER = 1 << 62  # the step dataset of an open-ended iterator
 
@@ -61,12 +62,10 @@ class PipelineConfig:
     """Batches read ahead per worker (``workers > 0``) or by this process's threads."""
 
     def __post_init__(self):
-        if self.chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be positive, got {self.chunk_rows}")
-        if self.workers < 0 or self.threads < 0:
-            raise ValueError(f"workers, threads must be >= 0, got {self.workers}, {self.threads}")
-        if self.buffer < 1:
-            raise ValueError(f"buffer must be >= 1, got {self.buffer}")
+        require(self.chunk_rows >= 1, "chunk_rows", self.chunk_rows, "must be >= 1")
+        require(self.workers >= 0, "workers", self.workers, "must be >= 0")
+        require(self.threads >= 0, "threads", self.threads, "must be >= 0")
+        require(self.buffer >= 1, "buffer", self.buffer, "must be >= 1")
 
 
 @functools.lru_cache(maxsize=4)
@@ -232,7 +231,7 @@ def _absl_flags_ready() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-class GrainSource:
+class GrainSource(StoreModels):
     """A paired source over a memmap or zarr store, read by a Grain pipeline.
 
     Drop-in for :class:`~usae_jax.data.loader.StoreSource` in ``train``: :meth:`batch` serves the
@@ -258,33 +257,14 @@ class GrainSource:
         verify: bool = True,
         context=None,
     ):
-        self.store = open_store(store, verify=verify, context=context)
+        super().__init__(open_store(store, verify=verify, context=context), standardise, names)
         self.config = config or PipelineConfig()
-        self._names = tuple(names) if names is not None else self.store.names
-        unknown = [n for n in self._names if n not in self.store.models]
-        if unknown:
-            raise StoreError(f"models {unknown} are not in the store ({self.store.names})")
-        self.standardisation = (
-            manifest_standardisation(self.store, self._names) if standardise else None
-        )
         if self.config.workers and isinstance(self.store, ZarrStore):
             self.store.__getstate__()  # raises now, clearly, for a one-process memory store
         self.data = StoreRows(self.store, self._names, self.standardisation)
         self._lock = threading.Lock()
         self._stream = None  # (key, next_step, iterator)
         self._last: dict[tuple[int, int], int] = {}
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self._names
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return tuple(int(self.store.models[n]["width"]) for n in self._names)
-
-    @property
-    def num_rows(self) -> int:
-        return self.store.num_rows
 
     def batch_indices(self, step: int, batch_rows: int, seed: int) -> np.ndarray:
         """Row indices of the batch of ``step``: int64 ``[batch_rows]``, ascending."""

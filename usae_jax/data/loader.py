@@ -33,7 +33,44 @@ def manifest_standardisation(store, names: Iterable[str]) -> Standardisation:
     )
 
 
-class StoreSource:
+class StoreModels:
+    """The models a store-backed source serves: what :class:`StoreSource` and
+    :class:`~usae_jax.data.grain_source.GrainSource` share.
+
+    Args:
+      store: an open store (memmap :class:`~usae_jax.data.store.Store` or zarr store).
+      standardise: apply the manifest's ``(x - mean) / (std + std_epsilon)`` per model.
+      names: the models to serve and their order (default: all, in manifest order).
+
+    Raises:
+      StoreError: ``names`` holds a model the store lacks, or the store has no statistics.
+    """
+
+    def __init__(self, store, standardise: bool = True, names: Iterable[str] | None = None):
+        self.store = store
+        self._names = tuple(names) if names is not None else tuple(store.names)
+        unknown = [n for n in self._names if n not in store.models]
+        if unknown:
+            raise StoreError(f"models {unknown} are not in the store ({store.names})")
+        self.standardisation = manifest_standardisation(store, self._names) if standardise else None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The served models, in order."""
+        return self._names
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Activation width of each served model, in the order of :attr:`names`."""
+        return tuple(int(self.store.models[n]["width"]) for n in self._names)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows (tokens) of the store, the same for every model."""
+        return self.store.num_rows
+
+
+class StoreSource(StoreModels):
     """A paired source over a store on disk.
 
     Args:
@@ -51,26 +88,8 @@ class StoreSource:
         names: Iterable[str] | None = None,
         verify: bool = True,
     ):
-        self.store = store if isinstance(store, Store) else Store(store, verify=verify)
-        self._names = tuple(names) if names is not None else self.store.names
-        unknown = [n for n in self._names if n not in self.store.models]
-        if unknown:
-            raise StoreError(f"models {unknown} are not in the store ({self.store.names})")
-        self.standardisation = (
-            manifest_standardisation(self.store, self._names) if standardise else None
-        )
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self._names
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return tuple(int(self.store.models[n]["width"]) for n in self._names)
-
-    @property
-    def num_rows(self) -> int:
-        return self.store.num_rows
+        store = store if isinstance(store, Store) else Store(store, verify=verify)
+        super().__init__(store, standardise, names)
 
     def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Standardised float32 rows ``{name: [len(indices), width]}`` at sorted ``indices``."""

@@ -30,6 +30,7 @@ import ml_dtypes
 import numpy as np
 
 from usae_jax.data.source import STD_EPSILON, Standardisation
+from usae_jax.validation import require
 
 FORMAT = "usae_jax.store/1"
 MANIFEST = "manifest.json"
@@ -56,12 +57,19 @@ class ModelSpec:
     """Backbone family and checkpoint identity (path, sha256, converter)."""
 
     def __post_init__(self):
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"model name {self.name!r} must be a plain folder name")
-        if self.width < 1:
-            raise ValueError(f"model {self.name!r}: width must be positive, got {self.width}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"model {self.name!r}: dtype {self.dtype!r} not in {sorted(DTYPES)}")
+        require(
+            bool(self.name) and "/" not in self.name and not self.name.startswith("."),
+            "name",
+            self.name,
+            "a model name must be a plain folder name",
+        )
+        require(self.width >= 1, "width", self.width, f"model {self.name!r}: must be >= 1")
+        require(
+            self.dtype in DTYPES,
+            "dtype",
+            self.dtype,
+            f"model {self.name!r}: one of {sorted(DTYPES)}",
+        )
 
 
 def _fsync_write(path: str, data: bytes | str) -> None:

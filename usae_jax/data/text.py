@@ -21,6 +21,7 @@ import numpy as np
 from usae_jax.backbones.base import TextBackbone, pool
 from usae_jax.data.source import Standardisation
 from usae_jax.data.store import ModelSpec, Store, StoreWriter
+from usae_jax.validation import require
 
 _SUBJECTS = (
     "the cat",
@@ -153,10 +154,14 @@ class TextStream:
     """``"mean"`` (over the attention mask), ``"first"`` (CLS), ``"last"`` or None (per token)."""
 
     def __post_init__(self):
-        if self.layer not in self.backbone.layers:
-            raise ValueError(f"stream {self.name!r}: layer {self.layer!r} not in the backbone's")
-        if self.pooling not in ("mean", "first", "last", None):
-            raise ValueError(f"stream {self.name!r}: unknown pooling {self.pooling!r}")
+        known = self.backbone.layers
+        require(self.layer in known, "layer", self.layer, f"stream {self.name!r}: not in {known}")
+        require(
+            self.pooling in ("mean", "first", "last", None),
+            "pooling",
+            self.pooling,
+            f"stream {self.name!r}: 'mean', 'first', 'last' or None",
+        )
 
 
 def _check_streams(streams: Sequence[TextStream]) -> bool:

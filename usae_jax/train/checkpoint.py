@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from usae_jax.config import training_identity
+from usae_jax.config_io import training_identity
 
 MODEL_KEYS = ("params", "batch_stats")
 """The fields of a train state saved in the ``model`` item."""

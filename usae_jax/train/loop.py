@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from usae_jax import config as config_lib
+from usae_jax.config_io import bind_models, to_dict
 from usae_jax.data.source import PairedSource
 from usae_jax.parallel.concept import sharded_ops
 from usae_jax.parallel.hosts import ProcessShare
@@ -133,7 +134,7 @@ def train(
       plots: draw ``losses.png`` and ``r2_matrix.png`` at the end.
     """
     started = time.perf_counter()
-    config = config_lib.bind_models(config, source.names, source.widths)
+    config = bind_models(config, source.names, source.widths)
     usae = config.usae
     os.makedirs(workdir, exist_ok=True)
     total_steps = config.total_steps(source.num_rows)
@@ -145,7 +146,7 @@ def train(
             f"batch_rows={config.batch_rows} is not divisible by {data_devices} data devices"
         )
     optimizers, _ = build_optimizers(config, total_steps, steps_per_epoch)
-    config_json = config_lib.to_dict(config)
+    config_json = to_dict(config)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config_json)
     # Shapes first: a resume restores straight onto the sharded layout, a fresh run is
     # initialised by one jitted program with those output shardings. Either way no device

@@ -44,6 +44,7 @@ from usae_jax.backbones.tokens import resample_grid
 from usae_jax.config import USAEConfig
 from usae_jax.model.inference import encode_eval
 from usae_jax.model.usae import pre_activations
+from usae_jax.validation import require
 
 # Lucid's square root of the ImageNet colour correlation matrix (rows: R, G, B).
 COLOR_CORRELATION = np.array(
@@ -92,21 +93,23 @@ class CAMConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "scale_range", tuple(float(s) for s in self.scale_range))
-        checks = {
-            "image_size": self.image_size >= 8,
-            "steps": self.steps >= 1,
-            "learning_rate": self.learning_rate > 0,
-            "decay": self.decay >= 0,
-            "jitter": self.jitter >= 0,
-            "scale_range": len(self.scale_range) == 2
-            and 0 < self.scale_range[0] <= self.scale_range[1],
-            "rotation_degrees": 0 <= self.rotation_degrees < 180,
-            "noise": self.noise >= 0,
-            "tv_weight": self.tv_weight >= 0,
-        }
-        for field, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{field}={getattr(self, field)!r} is out of range")
+        require(self.image_size >= 8, "image_size", self.image_size, "must be >= 8")
+        require(self.steps >= 1, "steps", self.steps, "must be >= 1")
+        require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        for field in ("decay", "jitter", "noise", "tv_weight"):
+            require(getattr(self, field) >= 0, field, getattr(self, field), "must be >= 0")
+        require(
+            len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
+            "scale_range",
+            self.scale_range,
+            "must be (low, high) with 0 < low <= high",
+        )
+        require(
+            0 <= self.rotation_degrees < 180,
+            "rotation_degrees",
+            self.rotation_degrees,
+            "must be in [0, 180)",
+        )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -21,6 +21,7 @@ from usae_jax.analysis.statistics import ConceptStatistics, RowSource, Statistic
 from usae_jax.config import USAEConfig
 from usae_jax.model.inference import encode_models_eval
 from usae_jax.model.usae import normalize_dictionary
+from usae_jax.validation import require
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -64,25 +65,16 @@ class ExplorerConfig:
     """Also write the JSON export (``json/index.json``, ``json/concepts/<id>.json``)."""
 
     def __post_init__(self):
-        positive = {
-            "num_examples": self.num_examples,
-            "num_images": self.num_images,
-            "image_px": self.image_px,
-            "histogram_bins": self.histogram_bins,
-            "page_rows": self.page_rows,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name}={value!r}: must be >= 1")
+        for name in ("num_examples", "num_images", "image_px", "histogram_bins", "page_rows"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         for name in ("num_neighbours", "num_cofiring"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0")
-        if self.image_concepts is not None and self.image_concepts < 0:
-            raise ValueError(f"image_concepts={self.image_concepts!r}: must be >= 0 or None")
-        if self.crop_patches is not None and self.crop_patches < 1:
-            raise ValueError(f"crop_patches={self.crop_patches!r}: must be >= 1 or None")
-        if not 0.5 < self.unique_share <= 1:
-            raise ValueError(f"unique_share={self.unique_share!r}: must be in (0.5, 1]")
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        shown, crop = self.image_concepts, self.crop_patches
+        require(shown is None or shown >= 0, "image_concepts", shown, "must be >= 0 or None")
+        require(crop is None or crop >= 1, "crop_patches", crop, "must be >= 1 or None")
+        require(
+            0.5 < self.unique_share <= 1, "unique_share", self.unique_share, "must be in (0.5, 1]"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from usae_jax.analysis.examples import ImageTokens, crop_window, top_images
 from usae_jax.analysis.statistics import ConceptStatistics, RowSource
 from usae_jax.config import USAEConfig
 from usae_jax.model.inference import encode_models_eval
+from usae_jax.validation import require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +42,20 @@ class RowTexts:
     """``[rows]`` int token of each row within its item; None: rows are whole items."""
 
     def __post_init__(self):
-        if self.item_index is not None and np.ndim(self.item_index) != 1:
-            raise ValueError(f"item_index must be 1-D [rows], got {np.shape(self.item_index)}")
-        if self.position is not None and np.shape(self.position) != np.shape(
-            self.item_index if self.item_index is not None else self.position
-        ):
-            raise ValueError("position must have the same shape as item_index")
+        require(
+            self.item_index is None or np.ndim(self.item_index) == 1,
+            "item_index.shape",
+            np.shape(self.item_index),
+            "must be 1-D [rows]",
+        )
+        require(
+            self.position is None
+            or self.item_index is None
+            or np.shape(self.position) == np.shape(self.item_index),
+            "position.shape",
+            np.shape(self.position),
+            f"must equal item_index's shape {np.shape(self.item_index)}",
+        )
 
     @classmethod
     def from_sentences(cls, sentences: Sequence[str]) -> RowTexts:

@@ -21,7 +21,8 @@ import numpy as np
 
 from usae_jax.analysis.sparc.alignment import alignment_report
 from usae_jax.analysis.sparc.crossmodel import transfer_report
-from usae_jax.config import TrainConfig, replace_fields
+from usae_jax.config import TrainConfig
+from usae_jax.config_io import replace_fields
 from usae_jax.data.source import ArraySource
 from usae_jax.train.loop import train
 

@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 
 from usae_jax.data.source import ArraySource
+from usae_jax.validation import require
 
 MAGNITUDES = ("uniform", "exponential", "lognormal")
 """Distributions of a present concept's coefficient; all have mean 1.25 (see PlantedConfig)."""
@@ -82,34 +83,44 @@ class PlantedConfig:
     def __post_init__(self):
         object.__setattr__(self, "model_names", tuple(self.model_names))
         object.__setattr__(self, "widths", tuple(self.widths))
-        if len(self.widths) != len(self.model_names) or not self.model_names:
-            raise ValueError(f"widths={self.widths}: need one width per model {self.model_names}")
-        if self.num_shared < 0 or self.num_specific < 0 or self.num_shared + self.num_specific == 0:
-            raise ValueError(
-                f"num_shared={self.num_shared}, num_specific={self.num_specific}: "
-                "need >= 0 each and at least one concept"
-            )
-        if self.rows < 2:
-            raise ValueError(f"rows={self.rows}: need at least 2 rows")
+        require(
+            len(self.widths) == len(self.model_names) and bool(self.model_names),
+            "widths",
+            self.widths,
+            f"need one width per model {self.model_names} (at least one model)",
+        )
+        require(
+            min(self.num_shared, self.num_specific) >= 0
+            and self.num_shared + self.num_specific > 0,
+            "num_shared/num_specific",
+            (self.num_shared, self.num_specific),
+            "need >= 0 each and at least one concept",
+        )
+        require(self.rows >= 2, "rows", self.rows, "need at least 2 rows")
         for field in ("shared_rate", "specific_rate"):
             value = getattr(self, field)
-            if not 0 < value <= 1:
-                raise ValueError(f"{field}={value}: must be in (0, 1]")
-        if self.noise < 0:
-            raise ValueError(f"noise={self.noise}: must be >= 0")
-        if self.frequency_exponent < 0:
-            raise ValueError(f"frequency_exponent={self.frequency_exponent}: must be >= 0")
-        if self.magnitude not in MAGNITUDES:
-            raise ValueError(f"magnitude={self.magnitude!r}: must be one of {MAGNITUDES}")
-        if self.magnitude_sigma <= 0:
-            raise ValueError(f"magnitude_sigma={self.magnitude_sigma}: must be > 0")
-        if not 0 <= 2 * self.correlated_pairs <= self.num_shared:
-            raise ValueError(
-                f"correlated_pairs={self.correlated_pairs}: need 0 <= 2 * pairs <= "
-                f"num_shared={self.num_shared}"
-            )
-        if not 0 <= self.pair_correlation <= 1:
-            raise ValueError(f"pair_correlation={self.pair_correlation}: must be in [0, 1]")
+            require(0 < value <= 1, field, value, "must be in (0, 1]")
+        require(self.noise >= 0, "noise", self.noise, "must be >= 0")
+        require(
+            self.frequency_exponent >= 0,
+            "frequency_exponent",
+            self.frequency_exponent,
+            "must be >= 0",
+        )
+        require(self.magnitude in MAGNITUDES, "magnitude", self.magnitude, f"one of {MAGNITUDES}")
+        require(self.magnitude_sigma > 0, "magnitude_sigma", self.magnitude_sigma, "must be > 0")
+        require(
+            0 <= 2 * self.correlated_pairs <= self.num_shared,
+            "correlated_pairs",
+            self.correlated_pairs,
+            f"need 0 <= 2 * pairs <= num_shared={self.num_shared}",
+        )
+        require(
+            0 <= self.pair_correlation <= 1,
+            "pair_correlation",
+            self.pair_correlation,
+            "must be in [0, 1]",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
