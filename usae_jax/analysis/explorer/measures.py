@@ -108,10 +108,22 @@ class ConceptPass:
 @functools.partial(jax.jit, static_argnums=(0,))
 def _top_codes(usae: USAEConfig, params: dict, stats: dict, batch: dict):
     """``(values, indices)``, each ``[M, B, k]``: every model's kept codes (eval mode, each
-    model with its own sparsity rule: a global-TopK SPARC model shares one support per row)."""
+    model with its own sparsity rule: a global-TopK SPARC model shares one support per row).
+
+    Rules that keep a varying number of codes per row (BatchTopK, L1) give each row's
+    ``min(n, 4 k)`` largest codes: a row with more active concepts than that loses its
+    weakest ones from the histograms and co-firing counts."""
     encodings = encode_models_eval(usae, params, stats, batch)
-    encoded = [encodings[name] for name in usae.model_names]
-    return jnp.stack([e.top_values for e in encoded]), jnp.stack([e.top_indices for e in encoded])
+    values, indices = [], []
+    for name in usae.model_names:
+        e = encodings[name]
+        if e.top_indices is None:
+            v, i = jax.lax.top_k(e.codes, min(usae.num_concepts, 4 * usae.top_k))
+        else:
+            v, i = e.top_values, e.top_indices
+        values.append(v)
+        indices.append(i)
+    return jnp.stack(values), jnp.stack(indices)
 
 
 def _top_partners(matrix: scipy.sparse.csr_matrix, count: int) -> tuple[np.ndarray, np.ndarray]:
