@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse
 
 from usae_jax.analysis import universality as uni
+from usae_jax.analysis.diffing import ModelDiffing
 from usae_jax.analysis.statistics import ConceptStatistics, RowSource, StatisticsConfig
 from usae_jax.config import USAEConfig
 from usae_jax.model.inference import encode_models_eval
@@ -278,3 +279,16 @@ def concept_table(statistics: ConceptStatistics, config: ExplorerConfig) -> dict
         "mean_activation": statistics.mean_activation,
         "unique_to": unique_model(statistics.fire_counts, config.unique_share),
     }
+
+
+def diffing_columns(diffing: ModelDiffing) -> dict[str, list[float]]:
+    """Explorer index columns ``{column: [n]}`` of the model-diffing measures
+    (:mod:`usae_jax.analysis.diffing`): ``relative_norm:<model>``, ``latent_scaling:<model>``,
+    ``diffing_class`` (index into ``diffing.CLASSES``) and ``diffing_artefact`` (1 or 0)."""
+    columns: dict[str, list[float]] = {}
+    for m, name in enumerate(diffing.model_names):
+        columns[f"relative_norm:{name}"] = diffing.relative_norm[m].tolist()
+        columns[f"latent_scaling:{name}"] = diffing.latent_scaling[m].tolist()
+    columns["diffing_class"] = diffing.classes.astype(float).tolist()
+    columns["diffing_artefact"] = diffing.artefact.astype(float).tolist()
+    return columns
