@@ -105,6 +105,9 @@ def test_analyze_entry_point_on_npy_files(trained_run, tmp_path):
     assert result["num_rows"] == 2048 and "controls" not in result
     assert len(result["per_concept"]["firing_entropy"]) == 64
     assert set(result["per_concept"]["cofire_proportion"]) == set(PLANTED.model_names)
+    diffing = result["model_diffing"]
+    assert sum(diffing["classes"].values()) == 64
+    assert set(diffing["per_concept"]["latent_scaling"]) == set(PLANTED.model_names)
     assert (tmp_path / "out" / "report.md").stat().st_size > 1000
 
 

@@ -128,7 +128,7 @@ def test_step_registry_picks_bodies_from_the_config():
         config, usae=dataclasses.replace(config.usae, architecture="sparc", aux="dead_latents")
     )
     assert list(make_steps(sparc, optimizers).bodies) == [None]
-    assert {arch for arch, _ in STEP_BUILDERS} == {"usae", "sparc"}
+    assert {arch for arch, _ in STEP_BUILDERS} == {"usae", "sparc", "crosscoder"}
 
 
 def test_recipes_bind_models_from_the_source():

@@ -237,6 +237,10 @@ def test_store_backed_run_gets_crops_of_the_sample_images(tmp_path):
     crops = [image for m in ("a", "b") for image in document["per_model"][m]["images"]]
     assert crops and all((tmp_path / "site" / image["src"]).is_file() for image in crops)
     assert result["files"] > 2 * 8 + 6
+    index = json.loads((tmp_path / "site" / "json" / "index.json").read_text())
+    assert {"relative_norm:a", "latent_scaling:b", "diffing_class"} <= set(
+        index["concepts"]["extra"]
+    )
     with pytest.raises(ValueError, match="not the store's images"):
         build.store_image_tokens(store, images=_image_list(tmp_path))
     assert (

@@ -16,8 +16,8 @@ LossKind = Literal["l1_auxk", "l2_auxk"]
 AuxKind = Literal["top_half", "dead_latents"]
 SourceSampling = Literal["random_one", "all"]
 ScheduleHorizon = Literal["official", "per_model"]
-SparsityRule = Literal["local_topk", "global_topk"]
-Architecture = Literal["usae", "sparc"]
+SparsityRule = Literal["local_topk", "global_topk", "batch_topk", "l1"]
+Architecture = Literal["usae", "sparc", "crosscoder"]
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -67,20 +67,40 @@ class USAEConfig:
     float32. Parameters, optimiser states, BatchNorm and losses are float32 either way."""
 
     sparsity: SparsityRule = "local_topk"
-    """"local_topk" (USAE: each encoder picks its own k) or "global_topk" (SPARC: the logits
-    are summed over streams and one set of k indices per row is kept in every stream; needs
-    ``architecture="sparc"``)."""
+    """"local_topk" (USAE: each encoder picks its own k; a crosscoder: its one code keeps k per
+    row), "global_topk" (SPARC: the logits are summed over streams and one set of k indices per
+    row is kept in every stream; needs ``architecture="sparc"``), "batch_topk" (Bussmann et al.
+    2024: the ``B * k`` largest activations of the whole batch in training, one running
+    threshold at inference; :mod:`usae_jax.model.batch_topk`) or "l1" (crosscoder only: ReLU
+    codes and an L1 penalty weighted by the summed decoder norms, ``l1_coefficient``)."""
 
     architecture: Architecture = "usae"
     """"usae": Linear -> BatchNorm -> ReLU -> TopK encoders trained by the USAE step (one source
     model per step, or all, see ``TrainConfig.source_sampling``). "sparc": affine stream encoders
     ``h = x @ W + b`` (no BatchNorm) and the SPARC step of :mod:`usae_jax.model.sparc` (every stream
-    encoded every step; self + cross reconstruction + dead-latent AuxK), with either sparsity
-    rule; ``source_sampling`` is then ignored."""
+    encoded every step; self + cross reconstruction + dead-latent AuxK), with either TopK rule;
+    ``source_sampling`` is then ignored. "crosscoder" (Lindsey et al. 2024): one code read from
+    every model at once, per-model unnormalised decoders with biases
+    (:mod:`usae_jax.model.crosscoder`); needs ``source_sampling="all"``."""
+
+    batch_topk_momentum: float = 0.01
+    """For sparsity="batch_topk": weight of each batch's smallest selected score in the running
+    inference threshold (``new = (1 - m) old + m batch``). dictionary_learning uses 0.001 from
+    step 1000 on; 0.01 from the first step suits short runs (a departure)."""
+
+    matryoshka_prefixes: tuple[int, ...] = ()
+    """Matryoshka (Bussmann et al. 2025): increasing prefix sizes ``m_1 < m_2 < ... < n``; the
+    loss adds, per target model, the reconstruction error of every prefix ``z[:, :m_i] D[:m_i]``
+    to that of the whole dictionary, so early concepts must reconstruct on their own. Empty: off.
+    Not with ``architecture="sparc"``."""
+
+    l1_coefficient: float = 1e-3
+    """For sparsity="l1" (crosscoder): weight of ``mean_rows sum_c z_c sum_m ||D_m[c]||``."""
 
     def __post_init__(self):
         object.__setattr__(self, "model_names", tuple(self.model_names))
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "matryoshka_prefixes", tuple(self.matryoshka_prefixes))
         require(
             len(set(self.model_names)) == len(self.model_names),
             "model_names",
@@ -119,22 +139,49 @@ class USAEConfig:
         )
         require(self.batchnorm_eps > 0, "batchnorm_eps", self.batchnorm_eps, "must be > 0")
         require(
-            self.sparsity in ("local_topk", "global_topk"), "sparsity", self.sparsity, "unknown"
-        )
-        require(
             self.compute_dtype in ("float32", "bfloat16"),
             "compute_dtype",
             self.compute_dtype,
             "float32 or bfloat16",
         )
+        self._check_family()
+
+    def _check_family(self):
+        """Which objective takes which sparsity rule and options."""
+        rules = ("local_topk", "global_topk", "batch_topk", "l1")
+        require(self.sparsity in rules, "sparsity", self.sparsity, f"one of {rules}")
+        architectures = ("usae", "sparc", "crosscoder")
+        require(self.architecture in architectures, "architecture", self.architecture, "unknown")
+        allowed = {
+            "usae": ("local_topk", "batch_topk"),
+            "sparc": ("local_topk", "global_topk"),
+            "crosscoder": ("local_topk", "batch_topk", "l1"),
+        }[self.architecture]
         require(
-            self.architecture in ("usae", "sparc"), "architecture", self.architecture, "unknown"
-        )
-        require(
-            self.sparsity == "local_topk" or self.architecture == "sparc",
+            self.sparsity in allowed,
             "sparsity",
             self.sparsity,
-            'global_topk encodes all streams jointly: it needs architecture="sparc"',
+            f'architecture="{self.architecture}" takes one of {allowed}',
+        )
+        require(
+            0 < self.batch_topk_momentum <= 1,
+            "batch_topk_momentum",
+            self.batch_topk_momentum,
+            "must be in (0, 1]",
+        )
+        require(self.l1_coefficient >= 0, "l1_coefficient", self.l1_coefficient, "must be >= 0")
+        prefixes = self.matryoshka_prefixes
+        require(
+            all(a < b for a, b in zip((0, *prefixes), (*prefixes, self.num_concepts), strict=True)),
+            "matryoshka_prefixes",
+            prefixes,
+            f"must increase strictly within (0, num_concepts={self.num_concepts})",
+        )
+        require(
+            not prefixes or self.architecture != "sparc",
+            "matryoshka_prefixes",
+            prefixes,
+            'not supported with architecture="sparc"',
         )
 
     @property

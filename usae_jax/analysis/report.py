@@ -22,6 +22,7 @@ from usae_jax.analysis.baseline import (
     train_independent_saes,
 )
 from usae_jax.analysis.controls import ControlConfig, run_controls, universality_summary
+from usae_jax.analysis.diffing import model_diffing
 from usae_jax.analysis.examples import ImageTokens, concept_heatmap, top_examples, top_images
 from usae_jax.analysis.load import load_run
 from usae_jax.analysis.markdown import render_report
@@ -60,7 +61,11 @@ class AnalysisConfig:
     image_crop_patches: int | None = None
     """Crop image panels to this many grid cells around the peak; None: whole images."""
 
+    diffing_rows: int = 4096
+    """Rows (from the start of the data) the model-diffing measures are computed on."""
+
     def __post_init__(self):
+        require(self.diffing_rows >= 2, "diffing_rows", self.diffing_rows, "must be >= 2")
         require(self.min_cofires >= 1, "min_cofires", self.min_cofires, "must be >= 1")
         entropy = self.universal_entropy
         require(0 <= entropy <= 1, "universal_entropy", entropy, "must be in [0, 1]")
@@ -199,6 +204,9 @@ def analyze(
         results["planted"], planted_matches = _planted_section(
             params, names, statistics, entropy, planted
         )
+    diff_rows = source.rows(np.arange(min(source.num_rows, analysis.diffing_rows)))
+    diffing = model_diffing(config.usae, params, stats, diff_rows)
+    results["model_diffing"] = {**diffing.summary(), "per_concept": diffing.per_concept()}
     results["seconds_core"] = round(time.perf_counter() - started, 1)
     if analysis.baseline is not None:
         tic = time.perf_counter()

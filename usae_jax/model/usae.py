@@ -21,13 +21,14 @@ class Encoded(NamedTuple):
     """``[B, n]`` BatchNorm outputs before the ReLU (the AuxK rule reads these)."""
 
     codes: jax.Array
-    """``[B, n]`` dense sparse code: the top-k values of ``relu(pre_codes)``, zeros elsewhere."""
+    """``[B, n]`` dense sparse code: the kept values of ``relu(pre_codes)``, zeros elsewhere."""
 
-    top_values: jax.Array
-    """``[B, k]`` the kept values (>= 0), in descending order."""
+    top_values: jax.Array | None
+    """``[B, k]`` the kept values (>= 0), in descending order; None for rules that keep a
+    varying number per row (BatchTopK, L1), which decode ``codes`` densely."""
 
-    top_indices: jax.Array
-    """``[B, k]`` int32 concept index of each kept value."""
+    top_indices: jax.Array | None
+    """``[B, k]`` int32 concept index of each kept value (None with ``top_values``)."""
 
 
 def batchnorm(
@@ -174,6 +175,20 @@ def decode_sparse(values: jax.Array, indices: jax.Array, unit_dictionary: jax.Ar
     )
 
 
+def decode_encoded(encoded: Encoded, atoms: jax.Array, sparse_decode=decode_sparse) -> jax.Array:
+    """``[B, d]`` reconstruction from an encoding and dictionary rows ``atoms`` ``[n, d]``.
+
+    k-sparse (``sparse_decode``, e.g. the concept-sharded one) when the encoding has per-row
+    ``top_values``/``top_indices``; otherwise the dense ``codes @ atoms`` (BatchTopK, L1).
+    """
+    if encoded.top_indices is None:
+        return jnp.matmul(
+            encoded.codes.astype(atoms.dtype), atoms, preferred_element_type=jnp.float32
+        )
+    return sparse_decode(encoded.top_values, encoded.top_indices, atoms)
+
+
 def decode(encoded: Encoded, dictionary: jax.Array) -> jax.Array:
-    """Reconstruct one model's activations ``[B, d]`` from an encoding and its raw dictionary."""
-    return decode_sparse(encoded.top_values, encoded.top_indices, normalize_dictionary(dictionary))
+    """Reconstruct one USAE/SPARC model's activations ``[B, d]`` from an encoding and its raw
+    dictionary (used row-normalised)."""
+    return decode_encoded(encoded, normalize_dictionary(dictionary))

@@ -50,6 +50,8 @@ def _spec_for(path, leaf, num_concepts: int) -> PartitionSpec:
         return PartitionSpec(MODEL, None)
     if "kernel" in names and len(shape) == 2:
         return PartitionSpec(None, MODEL)
+    if "decoder_bias" in names:  # [d]: a width, not concepts (even where d == n)
+        return PartitionSpec()
     if len(shape) == 1 and shape[0] == num_concepts:
         return PartitionSpec(MODEL)
     return PartitionSpec()

@@ -20,19 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from usae_jax.config import USAEConfig
-
-
-def _total_order_keys(values: jax.Array) -> jax.Array:
-    """``uint32`` keys ``[B, n]`` whose unsigned order is the IEEE total order of ``values``.
-
-    Positive floats (denormals included) keep their bit pattern with the sign bit set; negative
-    ones have every bit flipped. So ``-NaN < -inf < ... < -0.0 < +0.0 < denormals < ... < +inf <
-    +NaN``: the order ``lax.top_k`` sorts by. Integer comparisons are unaffected by any
-    flush-to-zero of denormals.
-    """
-    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.uint32)
-    negative = (bits >> 31) == 1
-    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+from usae_jax.model.batch_topk import total_order_keys
 
 
 def top_half_mask(values: jax.Array, keep: int) -> jax.Array:
@@ -46,7 +34,8 @@ def top_half_mask(values: jax.Array, keep: int) -> jax.Array:
     before they reach this function).
 
     Costs 32 fused counting passes and one cumulative sum instead of a sort: the ``keep``-th
-    largest key of each row is found bit by bit (a radix select on :func:`_total_order_keys`);
+    largest key of each row is found bit by bit (a radix select on
+    :func:`~usae_jax.model.batch_topk.total_order_keys`);
     every entry above it is kept, and of those equal to it, the first ones by index.
 
     Args:
@@ -59,7 +48,7 @@ def top_half_mask(values: jax.Array, keep: int) -> jax.Array:
         raise TypeError(f"top_half_mask expects float32 or narrower floats, got {values.dtype}")
     if not 0 <= keep <= values.shape[1]:
         raise ValueError(f"keep must be in [0, {values.shape[1]}], got {keep}")
-    keys = _total_order_keys(values)
+    keys = total_order_keys(values)
 
     def next_bit(bit, threshold):
         # invariant: count(keys >= threshold) >= keep; try setting one more bit, highest first

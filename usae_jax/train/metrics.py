@@ -21,17 +21,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from usae_jax.config import USAEConfig
-from usae_jax.model.inference import encode_models_eval
-from usae_jax.model.usae import decode
+from usae_jax.model.inference import decode_eval, encode_models_eval
 
-ENCODING_NAMES = {"local_topk": "local TopK", "global_topk": "global TopK"}
+ENCODING_NAMES = {
+    "local_topk": "local TopK",
+    "global_topk": "global TopK",
+    "batch_topk": "BatchTopK threshold",
+    "l1": "ReLU",
+}
 """How each sparsity rule's evaluation encoding is named in printed and stored results."""
 
 
 def encoding_name(usae: USAEConfig) -> str:
-    """The evaluation encoding of ``usae``: "local TopK" (each model keeps its own top ``k``)
-    or "global TopK" (one support of ``k`` concepts per row from every stream's summed logits)."""
-    return ENCODING_NAMES[usae.sparsity]
+    """The evaluation encoding of ``usae``: "local TopK" (each model keeps its own top ``k``),
+    "global TopK" (one support of ``k`` concepts per row from every stream's summed logits),
+    "BatchTopK threshold" (activations above the trained threshold) or "ReLU" (L1); a
+    crosscoder's is prefixed "crosscoder" (one code read from every model)."""
+    name = ENCODING_NAMES[usae.sparsity]
+    return f"crosscoder {name}" if usae.architecture == "crosscoder" else name
 
 
 def r2_label(usae: USAEConfig, centring: str = "scalar") -> str:
@@ -68,7 +75,7 @@ def _cross_r2(usae: USAEConfig, params: dict, stats: dict, batch: dict):
         l0.append(jnp.mean(jnp.sum(encoded.codes > 0, axis=1).astype(jnp.float32)))
         row_s, row_f = [], []
         for target in names:
-            x_hat = decode(encoded, params["models"][target]["dictionary"])
+            x_hat = decode_eval(usae, params["models"][target], encoded)
             row_s.append(r_squared(batch[target], x_hat, "scalar"))
             row_f.append(r_squared(batch[target], x_hat, "per_feature"))
         scalar.append(jnp.stack(row_s))

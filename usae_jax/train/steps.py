@@ -11,6 +11,14 @@ one builder here.
 * ``("usae", "all")``: one body, every model encodes its own rows every step.
 * ``("sparc", *)``: one body, every stream encoded and updated every step (SPARC ignores
   ``source_sampling``); the concept axis must not be split.
+* ``("crosscoder", "all")``: one body, the joint code of every model's rows, every model
+  updated. ``("crosscoder", "random_one")`` is an error: the code reads every model at once.
+
+Sparsity rules live in the encoders: the USAE bodies take TopK or BatchTopK
+(:mod:`usae_jax.model.batch_topk`), the crosscoder body TopK, BatchTopK or L1, SPARC local or
+global TopK; Matryoshka prefixes (:mod:`usae_jax.model.matryoshka`) enter the USAE and
+crosscoder losses. Which rule goes with which objective is validated by
+:class:`usae_jax.config.USAEConfig`.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import optax
 
 from usae_jax.config import TrainConfig
 from usae_jax.model.sparse_ops import UNSHARDED, SparseOps
+from usae_jax.train.crosscoder_step import make_crosscoder_step
 from usae_jax.train.sparc_step import make_sparc_step
 from usae_jax.train.usae_step import make_all_sources_step, make_source_step
 
@@ -65,11 +74,24 @@ def _sparc(config: TrainConfig, optimizers, ops: SparseOps) -> Steps:
     return Steps({None: make_sparc_step(config.usae, optimizers)}, _every_step)
 
 
+def _crosscoder(config: TrainConfig, optimizers, ops: SparseOps) -> Steps:
+    return Steps({None: make_crosscoder_step(config.usae, optimizers, ops)}, _every_step)
+
+
+def _crosscoder_random_one(config: TrainConfig, optimizers, ops: SparseOps) -> Steps:
+    raise ValueError(
+        'architecture="crosscoder" reads every model\'s rows for one code: use '
+        'source_sampling="all" (random_one has no meaning for it)'
+    )
+
+
 STEP_BUILDERS: dict[tuple[str, str], Callable[..., Steps]] = {
     ("usae", "random_one"): _usae_random_one,
     ("usae", "all"): _usae_all,
     ("sparc", "random_one"): _sparc,
     ("sparc", "all"): _sparc,
+    ("crosscoder", "all"): _crosscoder,
+    ("crosscoder", "random_one"): _crosscoder_random_one,
 }
 """``(architecture, source_sampling) -> builder(config, optimizers, ops) -> Steps``."""
 

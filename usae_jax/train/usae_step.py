@@ -8,6 +8,10 @@ enter as constants.
 
 ``"all"`` (a departure): every model encodes its own rows, all ``M x M`` reconstructions are
 summed, every model is updated with the gradient of that sum.
+
+Both take any sparsity rule of the USAE encoder: per-row TopK (``"local_topk"``) or BatchTopK
+(``"batch_topk"``, whose step also updates the model's running inference threshold in its batch
+statistics), and add the Matryoshka prefix errors when ``matryoshka_prefixes`` is set.
 """
 
 from __future__ import annotations
@@ -19,15 +23,22 @@ import jax.numpy as jnp
 import optax
 
 from usae_jax.config import USAEConfig
+from usae_jax.model.batch_topk import batch_top_k_codes, smallest_selected, update_threshold
+from usae_jax.model.matryoshka import restrict_to_prefix
 from usae_jax.model.sparse_ops import UNSHARDED, SparseOps
-from usae_jax.model.usae import Encoded, encode, normalize_dictionary
-from usae_jax.train.losses import auxiliary_codes, loss_for
+from usae_jax.model.usae import Encoded, decode_encoded, encode, normalize_dictionary
+from usae_jax.train.losses import auxiliary_codes, loss_for, mean_error
 from usae_jax.train.state import TrainState
 from usae_jax.train.updates import StepMetrics, mean_l0, update_every_model, update_firing
 
 
-def _encode(usae: USAEConfig, model_params, stats, x, ops: SparseOps) -> tuple[Encoded, dict]:
-    return encode(
+def encode_source(
+    usae: USAEConfig, model_params: dict, stats: dict, x: jax.Array, ops: SparseOps = UNSHARDED
+) -> tuple[Encoded, dict]:
+    """Training-mode encoding of one model's rows ``x`` ``[B, d]`` under its sparsity rule:
+    ``(Encoded, new batch statistics)`` (BatchTopK also advances the running threshold)."""
+    batch_topk = usae.sparsity == "batch_topk"
+    encoded, new_stats = encode(
         model_params,
         stats,
         x,
@@ -35,9 +46,34 @@ def _encode(usae: USAEConfig, model_params, stats, x, ops: SparseOps) -> tuple[E
         train=True,
         momentum=usae.batchnorm_momentum,
         eps=usae.batchnorm_eps,
-        top_k_fn=ops.top_k,
+        top_k_fn=batch_top_k_codes if batch_topk else ops.top_k,
         compute_dtype=jnp.dtype(usae.compute_dtype),
     )
+    if batch_topk:
+        smallest = smallest_selected(encoded.codes)
+        threshold = update_threshold(stats["threshold"], smallest, usae.batch_topk_momentum)
+        new_stats = {**new_stats, "threshold": threshold}
+    return encoded, new_stats
+
+
+def target_loss(
+    usae: USAEConfig,
+    encoded: Encoded,
+    aux: jax.Array,
+    atoms: jax.Array,
+    x: jax.Array,
+    ops: SparseOps = UNSHARDED,
+    bias: jax.Array | float = 0.0,
+) -> jax.Array:
+    """Scalar loss of decoding ``encoded`` into one target ``x`` ``[B, d]`` with dictionary rows
+    ``atoms`` ``[n, d]`` (plus ``bias``): the configured loss with its auxiliary term, plus the
+    error of every Matryoshka prefix reconstruction."""
+    x_hat = decode_encoded(encoded, atoms, ops.decode) + bias
+    loss = loss_for(usae)(x, x_hat, aux, atoms)
+    for size in usae.matryoshka_prefixes:
+        prefix = decode_encoded(restrict_to_prefix(encoded, size), atoms, ops.decode) + bias
+        loss = loss + mean_error(x - prefix, usae.loss)
+    return loss
 
 
 def _dead_mask(usae: USAEConfig, tokens_since_fired: jax.Array) -> jax.Array:
@@ -60,7 +96,6 @@ def cross_losses(
       dictionaries: ``{name: [n, d_name]}`` raw dictionaries.
       batch: ``{name: [B, d_name]}`` targets.
     """
-    loss_fn = loss_for(usae)
     aux = auxiliary_codes(
         encoded.pre_codes,
         encoded.codes,
@@ -72,8 +107,7 @@ def cross_losses(
     compute_dtype = jnp.dtype(usae.compute_dtype)
     for name in usae.model_names:
         unit = normalize_dictionary(dictionaries[name]).astype(compute_dtype)
-        x_hat = ops.decode(encoded.top_values, encoded.top_indices, unit)
-        losses.append(loss_fn(batch[name], x_hat, aux, unit))
+        losses.append(target_loss(usae, encoded, aux, unit, batch[name], ops))
     return jnp.stack(losses)
 
 
@@ -90,7 +124,7 @@ def make_source_step(
         dead = _dead_mask(usae, state.tokens_since_fired[source])
 
         def loss_fn(source_params):
-            encoded, new_stats = _encode(
+            encoded, new_stats = encode_source(
                 usae, source_params, state.batch_stats[source], batch[source], ops
             )
             dictionaries = {name: models[name]["dictionary"] for name in usae.model_names}
@@ -132,7 +166,7 @@ def make_all_sources_step(
             dictionaries = {name: models[name]["dictionary"] for name in names}
             total_losses, stats, codes = 0.0, {}, {}
             for source in names:
-                encoded, stats[source] = _encode(
+                encoded, stats[source] = encode_source(
                     usae, models[source], state.batch_stats[source], batch[source], ops
                 )
                 dead = _dead_mask(usae, state.tokens_since_fired[source])

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from usae_jax.analysis import universality as uni
+from usae_jax.analysis.diffing import model_diffing
 from usae_jax.analysis.examples import ImageTokens
 from usae_jax.analysis.explorer import media
 from usae_jax.analysis.explorer.measures import (
     ExplorerConfig,
     concept_pass,
+    diffing_columns,
     nearest_concepts,
     unit_dictionaries,
 )
@@ -32,6 +34,9 @@ from usae_jax.data import images as image_sources
 from usae_jax.data.store import Store
 from usae_jax.data.synthetic.planted import PlantedData
 from usae_jax.data.text import template_sentences
+
+DIFFING_ROWS = 4096
+"""Rows (from the start of the source) the model-diffing columns are measured on."""
 
 
 class IndexedSource:
@@ -177,6 +182,9 @@ def build_explorer(
     neighbours = nearest_concepts(dictionaries, config.num_neighbours)
     if isinstance(extra_columns, (str, os.PathLike)):
         extra_columns = read_columns(extra_columns, usae.num_concepts)
+    rows = np.arange(min(source.num_rows, DIFFING_ROWS))
+    diffing = model_diffing(usae, params, stats, source.rows(rows))
+    extra_columns = {**diffing_columns(diffing), **(extra_columns or {})}
     labels = details = None
     if planted is not None:
         found = uni.label_planted_concepts(

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse
 
 from usae_jax.analysis import universality as uni
+from usae_jax.analysis.diffing import ModelDiffing
 from usae_jax.analysis.statistics import ConceptStatistics, RowSource, StatisticsConfig
 from usae_jax.config import USAEConfig
 from usae_jax.model.inference import encode_models_eval
@@ -100,10 +101,22 @@ class ConceptPass:
 @functools.partial(jax.jit, static_argnums=(0,))
 def _top_codes(usae: USAEConfig, params: dict, stats: dict, batch: dict):
     """``(values, indices)``, each ``[M, B, k]``: every model's kept codes (eval mode, each
-    model with its own sparsity rule: a global-TopK SPARC model shares one support per row)."""
+    model with its own sparsity rule: a global-TopK SPARC model shares one support per row).
+
+    Rules that keep a varying number of codes per row (BatchTopK, L1) give each row's
+    ``min(n, 4 k)`` largest codes: a row with more active concepts than that loses its
+    weakest ones from the histograms and co-firing counts."""
     encodings = encode_models_eval(usae, params, stats, batch)
-    encoded = [encodings[name] for name in usae.model_names]
-    return jnp.stack([e.top_values for e in encoded]), jnp.stack([e.top_indices for e in encoded])
+    values, indices = [], []
+    for name in usae.model_names:
+        e = encodings[name]
+        if e.top_indices is None:
+            v, i = jax.lax.top_k(e.codes, min(usae.num_concepts, 4 * usae.top_k))
+        else:
+            v, i = e.top_values, e.top_indices
+        values.append(v)
+        indices.append(i)
+    return jnp.stack(values), jnp.stack(indices)
 
 
 def _top_partners(matrix: scipy.sparse.csr_matrix, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -258,3 +271,16 @@ def concept_table(statistics: ConceptStatistics, config: ExplorerConfig) -> dict
         "mean_activation": statistics.mean_activation,
         "unique_to": unique_model(statistics.fire_counts, config.unique_share),
     }
+
+
+def diffing_columns(diffing: ModelDiffing) -> dict[str, list[float]]:
+    """Explorer index columns ``{column: [n]}`` of the model-diffing measures
+    (:mod:`usae_jax.analysis.diffing`): ``relative_norm:<model>``, ``latent_scaling:<model>``,
+    ``diffing_class`` (index into ``diffing.CLASSES``) and ``diffing_artefact`` (1 or 0)."""
+    columns: dict[str, list[float]] = {}
+    for m, name in enumerate(diffing.model_names):
+        columns[f"relative_norm:{name}"] = diffing.relative_norm[m].tolist()
+        columns[f"latent_scaling:{name}"] = diffing.latent_scaling[m].tolist()
+    columns["diffing_class"] = diffing.classes.astype(float).tolist()
+    columns["diffing_artefact"] = diffing.artefact.astype(float).tolist()
+    return columns

@@ -1,0 +1,42 @@
+"""The recipe table's selection and formatting (the training itself is experiments/recipes.py)."""
+
+import pytest
+
+from usae_jax.config import TrainConfig, USAEConfig, replace_fields
+from usae_jax.pipelines.recipes import RECIPES, best_recipe, format_table, meets_aim
+
+
+def _row(name, shared, specific, entropy, norm):
+    models = ("a", "b")
+    return {
+        "name": name,
+        "note": name,
+        "shared_mean": dict(zip(models, shared, strict=True)),
+        "shared_min": dict(zip(models, shared, strict=True)),
+        "specific_mean": dict(zip(models, specific, strict=True)),
+        "specific_min": dict(zip(models, specific, strict=True)),
+        "entropy_auroc": entropy,
+        "norm_entropy_auroc": norm,
+        "dead": 0.0,
+        "l0": 8.0,
+        "ms_per_step": 12.0,
+    }
+
+
+def test_best_recipe_aim_and_table():
+    rows = [
+        _row("x", (0.99, 0.90), (0.99, 0.99), 0.99, 0.5),
+        _row("y", (0.96, 0.96), (0.97, 0.98), 0.5, 0.97),
+        _row("z", (0.96, 0.96), (0.97, 0.98), 0.5, 0.90),
+    ]
+    assert best_recipe(rows)["name"] == "y"  # worst model 0.96 beats 0.90; AUROC breaks the tie
+    assert [meets_aim(r) for r in rows] == [False, True, False]
+    table = format_table(rows, ("a", "b")).splitlines()
+    assert len(table) == 2 + 3 and table[3].startswith("| y (y) | 0.960 / 0.96 | 0.960 / 0.96")
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.name)
+def test_every_recipe_is_a_valid_config(recipe):
+    base = TrainConfig(usae=USAEConfig(num_concepts=256, top_k=8), num_steps=10)
+    config = replace_fields(base, **recipe.overrides)
+    assert config.usae.architecture in ("usae", "sparc", "crosscoder")
