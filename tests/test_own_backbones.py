@@ -13,7 +13,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import transformers as tf  # noqa: E402
 
-from usae_jax.backbones import convert, registry, tokenizer, weights  # noqa: E402
+from usae_jax.backbones import convert, families, registry, tokenizer, weights  # noqa: E402
 from usae_jax.backbones import transformer as tr  # noqa: E402
 
 TOL = 1e-5  # today's wrappers are tested at 2e-5
@@ -82,6 +82,12 @@ def test_vision_equals_torch(vision_model, safe):
     diff = max_diff(ours, bb.layers, torch_states(model, pixels))
     print(f"{family} {'safetensors' if safe else 'bin'}: max abs diff {diff:.2e}")
     assert diff < TOL
+    grids = bb.patch_tokens(bb.params, pixels, ("2",))
+    np.testing.assert_allclose(  # eager vs jitted: the same up to rounding
+        np.asarray(grids["2"]).reshape(2, 16, 32),
+        np.asarray(ours["2"])[:, PREFIX[family] :],
+        atol=1e-6,
+    )
 
 
 def _vit_in_transformers_5_naming(tmp_path):
@@ -198,6 +204,17 @@ def test_text_equals_torch(family, tmp_path):
     pooled = bb.apply(bb.params, tokens, ("final",), pooling="mean")["final"][:, 0]
     m = tokens["attention_mask"][..., None]
     np.testing.assert_allclose(pooled, (ref[-1] * m).sum(1) / m.sum(1), atol=TOL)
+    last = bb.apply(bb.params, tokens, ("final",), pooling="last")["final"][:, 0]
+    np.testing.assert_allclose(last[1], ref[-1][1, 5], atol=TOL)  # the last unpadded token
+    first = bb.apply(bb.params, tokens, ("final",), pooling="first")["final"][:, 0]
+    np.testing.assert_allclose(first, ref[-1][:, 0], atol=TOL)
+
+
+def test_pool_rejects_unknown():
+    from usae_jax.backbones import base
+
+    with pytest.raises(ValueError, match="pooling"):
+        base.pool(np.zeros((1, 2, 3)), np.ones((1, 2)), "max")
 
 
 def test_two_tower_clip_folder(tmp_path):
@@ -223,7 +240,7 @@ def test_two_tower_clip_folder(tmp_path):
 
 
 # --- timm / torch.hub naming, built by renaming the tiny transformers models' keys ------------
-HF_TO_TIMM = (  # HF key regex -> timm key (independent of convert.TIMM_KEYS)
+HF_TO_TIMM = (  # HF key regex -> timm key (independent of key_tables.TIMM_KEYS)
     (r"embeddings\.cls_token", "cls_token"),
     (r"embeddings\.mask_token", "mask_token"),
     (r"embeddings\.register_tokens", "register_tokens"),
@@ -408,8 +425,8 @@ def test_unexpected_and_missing_keys_are_named(tmp_path):
     torch.manual_seed(0)
     model = tf.ViTModel(tf.ViTConfig(**TINY, image_size=32, patch_size=8))
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    cfg = convert.vision_config(model.config.to_dict(), convert.HF_FAMILIES["vit"])
-    family = convert.HF_FAMILIES["vit"]
+    cfg = families.vision_config(model.config.to_dict(), families.HF_FAMILIES["vit"])
+    family = families.HF_FAMILIES["vit"]
     apply, params = convert.load_params(cfg, sd, family.keys, family.ignore)
     assert jax.tree.structure(params) == jax.tree.structure(tr.abstract(cfg)[1])
     bad = dict(sd, **{"encoder.layer.0.extra.weight": np.zeros(3, np.float32)})
@@ -435,12 +452,12 @@ def test_unknown_model_type_and_missing_files(tmp_path):
         convert.load_hf_text(tmp_path)
 
 
-@pytest.mark.parametrize("model_type", sorted(convert.HF_FAMILIES))
+@pytest.mark.parametrize("model_type", sorted(families.HF_FAMILIES))
 def test_family_defaults_are_transformers_defaults(model_type):
     """Fields a config.json may omit default to what transformers would use."""
     config_cls = tf.AutoConfig.for_model(model_type).__class__
     ref = config_cls().to_dict()
-    for field, value in convert.HF_FAMILIES[model_type].defaults.items():
+    for field, value in families.HF_FAMILIES[model_type].defaults.items():
         assert ref[field] == value, (model_type, field)
 
 
@@ -499,16 +516,3 @@ def test_tokenizer_from_a_vocab_file(tmp_path):
 def test_text_registry_names_its_specs():
     with pytest.raises(ValueError, match="e5_small"):
         registry.load_text_backbone("e6_small")
-
-
-def test_own_modules_never_import_transformers():
-    """The new modules run without transformers (it stays a test-only reference)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from usae_jax.backbones import convert, e5_q4, registry, tokenizer, "
-        "transformer; assert 'transformers' not in sys.modules, 'transformers imported'"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
