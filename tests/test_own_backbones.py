@@ -103,8 +103,8 @@ def _vit_in_transformers_5_naming(tmp_path):
     assert max_diff(bb.apply(bb.params, pixels, bb.layers), bb.layers, ref) < TOL
 
 
-# Defined only where it can run (``save_original_format`` needs transformers >= 5), so that CI's
-# USAE_NO_SKIPS=1 run (transformers 4.57 as the reference) has no skipped test.
+# Defined only where it can run (``save_original_format`` needs transformers >= 5), so that a
+# USAE_NO_SKIPS=1 run with transformers 4 as the reference has no skipped test.
 if int(tf.__version__.split(".")[0]) >= 5:
     test_vit_in_transformers_5_naming = _vit_in_transformers_5_naming
 
@@ -348,6 +348,31 @@ def test_hub_dinov2_at_another_resolution(tmp_path, registers):
     )
     print(f"hub dinov2 (registers {registers}) at 40 px: max abs diff {diff:.2e}")
     assert diff < TOL
+
+
+def test_registry_runs_timm_and_hub_specs_in_our_modules(tmp_path):
+    """``timm_vit:FILE`` (12 heads) and ``hub_dinov2:FILE`` (6 heads, run at 224 px) through
+    :func:`registry.load_backbone`, against the torch models."""
+    torch.manual_seed(0)
+    narrow = dict(num_hidden_layers=1, hidden_size=24, intermediate_size=48, layer_norm_eps=1e-6)
+    vit = tf.ViTModel(tf.ViTConfig(**narrow, num_attention_heads=12, image_size=32, patch_size=8))
+    dino = tf.Dinov2Model(
+        tf.Dinov2Config(**narrow, num_attention_heads=6, image_size=56, patch_size=8)
+    )
+    for name, model, reference in (
+        ("timm_vit", vit.eval(), vit),
+        ("hub_dinov2", dino.eval(), hub_positions(dino, 224)),
+    ):
+        path = tmp_path / f"{name}.safetensors"
+        save_state_dict(to_timm(model, tmp_path / name), path)
+        bb = registry.load_backbone(f"{name}:{path}")
+        assert isinstance(bb.forward, tr.Apply) and bb.identity["format"] == name
+        assert bb.image_size == (224 if name == "hub_dinov2" else 32)
+        pixels = bb.preprocess(images(size=bb.image_size))
+        ref = torch_states(reference, pixels)
+        diff = max_diff(bb.apply(bb.params, pixels, bb.layers), bb.layers, ref)
+        print(f"registry {name}: max abs diff {diff:.2e}")
+        assert diff < TOL
 
 
 def test_timm_siglip(tmp_path):
