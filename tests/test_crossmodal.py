@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import transformers as tf  # noqa: E402
 
-from usae_jax.backbones.hf import load_hf_text, load_hf_vision  # noqa: E402
+from usae_jax.backbones.convert import load_hf_text, load_hf_vision  # noqa: E402
 from usae_jax.data import crossmodal as xm  # noqa: E402
 from usae_jax.data.store import Store, StoreError, StoreWriter  # noqa: E402
 from usae_jax.data.text import TextStream  # noqa: E402

@@ -13,7 +13,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import transformers as tf  # noqa: E402
 
-from usae_jax.backbones import convert, registry, tokenizer, weights  # noqa: E402
+from usae_jax.backbones import convert, families, registry, tokenizer, weights  # noqa: E402
 from usae_jax.backbones import transformer as tr  # noqa: E402
 
 TOL = 1e-5  # today's wrappers are tested at 2e-5
@@ -82,6 +82,12 @@ def test_vision_equals_torch(vision_model, safe):
     diff = max_diff(ours, bb.layers, torch_states(model, pixels))
     print(f"{family} {'safetensors' if safe else 'bin'}: max abs diff {diff:.2e}")
     assert diff < TOL
+    grids = bb.patch_tokens(bb.params, pixels, ("2",))
+    np.testing.assert_allclose(  # eager vs jitted: the same up to rounding
+        np.asarray(grids["2"]).reshape(2, 16, 32),
+        np.asarray(ours["2"])[:, PREFIX[family] :],
+        atol=1e-6,
+    )
 
 
 def _vit_in_transformers_5_naming(tmp_path):
@@ -97,8 +103,8 @@ def _vit_in_transformers_5_naming(tmp_path):
     assert max_diff(bb.apply(bb.params, pixels, bb.layers), bb.layers, ref) < TOL
 
 
-# Defined only where it can run (``save_original_format`` needs transformers >= 5), so that CI's
-# USAE_NO_SKIPS=1 run (transformers 4.57 as the reference) has no skipped test.
+# Defined only where it can run (``save_original_format`` needs transformers >= 5), so that a
+# USAE_NO_SKIPS=1 run with transformers 4 as the reference has no skipped test.
 if int(tf.__version__.split(".")[0]) >= 5:
     test_vit_in_transformers_5_naming = _vit_in_transformers_5_naming
 
@@ -198,6 +204,17 @@ def test_text_equals_torch(family, tmp_path):
     pooled = bb.apply(bb.params, tokens, ("final",), pooling="mean")["final"][:, 0]
     m = tokens["attention_mask"][..., None]
     np.testing.assert_allclose(pooled, (ref[-1] * m).sum(1) / m.sum(1), atol=TOL)
+    last = bb.apply(bb.params, tokens, ("final",), pooling="last")["final"][:, 0]
+    np.testing.assert_allclose(last[1], ref[-1][1, 5], atol=TOL)  # the last unpadded token
+    first = bb.apply(bb.params, tokens, ("final",), pooling="first")["final"][:, 0]
+    np.testing.assert_allclose(first, ref[-1][:, 0], atol=TOL)
+
+
+def test_pool_rejects_unknown():
+    from usae_jax.backbones import base
+
+    with pytest.raises(ValueError, match="pooling"):
+        base.pool(np.zeros((1, 2, 3)), np.ones((1, 2)), "max")
 
 
 def test_two_tower_clip_folder(tmp_path):
@@ -223,7 +240,7 @@ def test_two_tower_clip_folder(tmp_path):
 
 
 # --- timm / torch.hub naming, built by renaming the tiny transformers models' keys ------------
-HF_TO_TIMM = (  # HF key regex -> timm key (independent of convert.TIMM_KEYS)
+HF_TO_TIMM = (  # HF key regex -> timm key (independent of key_tables.TIMM_KEYS)
     (r"embeddings\.cls_token", "cls_token"),
     (r"embeddings\.mask_token", "mask_token"),
     (r"embeddings\.register_tokens", "register_tokens"),
@@ -333,6 +350,31 @@ def test_hub_dinov2_at_another_resolution(tmp_path, registers):
     assert diff < TOL
 
 
+def test_registry_runs_timm_and_hub_specs_in_our_modules(tmp_path):
+    """``timm_vit:FILE`` (12 heads) and ``hub_dinov2:FILE`` (6 heads, run at 224 px) through
+    :func:`registry.load_backbone`, against the torch models."""
+    torch.manual_seed(0)
+    narrow = dict(num_hidden_layers=1, hidden_size=24, intermediate_size=48, layer_norm_eps=1e-6)
+    vit = tf.ViTModel(tf.ViTConfig(**narrow, num_attention_heads=12, image_size=32, patch_size=8))
+    dino = tf.Dinov2Model(
+        tf.Dinov2Config(**narrow, num_attention_heads=6, image_size=56, patch_size=8)
+    )
+    for name, model, reference in (
+        ("timm_vit", vit.eval(), vit),
+        ("hub_dinov2", dino.eval(), hub_positions(dino, 224)),
+    ):
+        path = tmp_path / f"{name}.safetensors"
+        save_state_dict(to_timm(model, tmp_path / name), path)
+        bb = registry.load_backbone(f"{name}:{path}")
+        assert isinstance(bb.forward, tr.Apply) and bb.identity["format"] == name
+        assert bb.image_size == (224 if name == "hub_dinov2" else 32)
+        pixels = bb.preprocess(images(size=bb.image_size))
+        ref = torch_states(reference, pixels)
+        diff = max_diff(bb.apply(bb.params, pixels, bb.layers), bb.layers, ref)
+        print(f"registry {name}: max abs diff {diff:.2e}")
+        assert diff < TOL
+
+
 def test_timm_siglip(tmp_path):
     torch.manual_seed(0)
     model = tf.SiglipVisionModel(tf.SiglipVisionConfig(**TINY, image_size=32, patch_size=8))
@@ -408,8 +450,8 @@ def test_unexpected_and_missing_keys_are_named(tmp_path):
     torch.manual_seed(0)
     model = tf.ViTModel(tf.ViTConfig(**TINY, image_size=32, patch_size=8))
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    cfg = convert.vision_config(model.config.to_dict(), convert.HF_FAMILIES["vit"])
-    family = convert.HF_FAMILIES["vit"]
+    cfg = families.vision_config(model.config.to_dict(), families.HF_FAMILIES["vit"])
+    family = families.HF_FAMILIES["vit"]
     apply, params = convert.load_params(cfg, sd, family.keys, family.ignore)
     assert jax.tree.structure(params) == jax.tree.structure(tr.abstract(cfg)[1])
     bad = dict(sd, **{"encoder.layer.0.extra.weight": np.zeros(3, np.float32)})
@@ -435,12 +477,12 @@ def test_unknown_model_type_and_missing_files(tmp_path):
         convert.load_hf_text(tmp_path)
 
 
-@pytest.mark.parametrize("model_type", sorted(convert.HF_FAMILIES))
+@pytest.mark.parametrize("model_type", sorted(families.HF_FAMILIES))
 def test_family_defaults_are_transformers_defaults(model_type):
     """Fields a config.json may omit default to what transformers would use."""
     config_cls = tf.AutoConfig.for_model(model_type).__class__
     ref = config_cls().to_dict()
-    for field, value in convert.HF_FAMILIES[model_type].defaults.items():
+    for field, value in families.HF_FAMILIES[model_type].defaults.items():
         assert ref[field] == value, (model_type, field)
 
 
@@ -499,16 +541,3 @@ def test_tokenizer_from_a_vocab_file(tmp_path):
 def test_text_registry_names_its_specs():
     with pytest.raises(ValueError, match="e5_small"):
         registry.load_text_backbone("e6_small")
-
-
-def test_own_modules_never_import_transformers():
-    """The new modules run without transformers (it stays a test-only reference)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from usae_jax.backbones import convert, e5_q4, registry, tokenizer, "
-        "transformer; assert 'transformers' not in sys.modules, 'transformers imported'"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr

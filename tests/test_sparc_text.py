@@ -24,7 +24,7 @@ def test_template_sentences_are_distinct_and_deterministic():
 
 @needs_minilm
 def test_text_store_pairs_rows_pooled_and_per_token(tmp_path):
-    from usae_jax.backbones.hf import random_bert
+    from usae_jax.backbones.random_bert import random_bert
     from usae_jax.data.store import Store
     from usae_jax.data.text import TextStream, extract_text_store
     from usae_jax.pipelines.sparc_text import SparcTextConfig, load_streams

@@ -1,6 +1,6 @@
 """Transfer on planted data: search finds the planted concept in every model; steering a concept
 found in one model raises it in another far more than a random direction does; erasure removes
-most of it; edits carried through HF blocks."""
+most of it; edits carried through the remaining blocks of our own transformer modules."""
 
 import jax
 import numpy as np
@@ -135,32 +135,60 @@ def test_raw_unit_helpers():
         transfer.search_concepts({"models": {}}, "a", concept=1, direction=u)
 
 
-@pytest.mark.parametrize("family", ["vit", "dinov2"])
+FAMILIES = {
+    "vit": ("ViTConfig", "ViTModel", 32, 8),
+    "dinov2": ("Dinov2Config", "Dinov2Model", 28, 7),
+    "clip": ("CLIPVisionConfig", "CLIPVisionModel", 32, 8),
+    "siglip": ("SiglipVisionConfig", "SiglipVisionModel", 32, 8),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_block_runner_continues_the_forward_pass(tmp_path, family):
     torch = pytest.importorskip("torch")
     import transformers as tf
 
     from usae_jax.backbones.registry import load_backbone
 
+    config_name, model_name, size, patch = FAMILIES[family]
     tiny = dict(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
     torch.manual_seed(0)
-    if family == "vit":
-        config = tf.ViTConfig(**tiny, image_size=32, patch_size=8)
-        tf.ViTModel(config).save_pretrained(tmp_path)
-    else:
-        config = tf.Dinov2Config(**tiny, image_size=28, patch_size=7)
-        tf.Dinov2Model(config).save_pretrained(tmp_path)
+    config = getattr(tf, config_name)(**tiny, image_size=size, patch_size=patch)
+    getattr(tf, model_name)(config).save_pretrained(tmp_path)
     backbone = load_backbone(f"hf:{tmp_path}")
-    pixels = jax.random.normal(jax.random.key(0), (2, config.image_size, config.image_size, 3))
+    assert backbone.name == family
+    pixels = jax.random.normal(jax.random.key(0), (2, size, size, 3))
     hidden = backbone.apply(backbone.params, pixels, ("1", "3"))
-    run = blocks.make_block_runner(family, config, backbone.params)
-    np.testing.assert_allclose(run(hidden["1"], 1, 3), hidden["3"], atol=1e-4)
+    run = blocks.block_runner_for(backbone)
+    np.testing.assert_allclose(run(hidden["1"], 1, 3), hidden["3"], atol=1e-5)
     carried = blocks.carry_edit(backbone, run, hidden["1"], 1, (1, 3), np.ones(16))
-    np.testing.assert_allclose(carried[3][0], hidden["3"], atol=1e-4)
+    np.testing.assert_allclose(carried[3][0], hidden["3"], atol=1e-5)
     added = carried[1][1] - carried[1][0]
-    assert np.allclose(added[:, backbone.num_prefix :], 1.0) and np.allclose(added[:, :1], 0.0)
+    prefix = backbone.num_prefix
+    assert np.allclose(added[:, prefix:], 1.0) and np.allclose(added[:, :prefix], 0.0)
+    assert float(np.abs(carried[3][1] - carried[3][0]).max()) > 1e-2  # the edit propagates
     rows = transfer.standardised_rows(backbone, hidden["3"], (3, 3), mean=0.5, std=2.0)
     assert rows.shape == (2 * 9, 16)
+
+
+def test_block_runner_refuses_a_network_without_blocks():
+    from usae_jax.backbones.base import VisionBackbone
+
+    fake = VisionBackbone(
+        name="cnn",
+        identity={},
+        image_size=8,
+        patch_size=4,
+        width=2,
+        num_layers=1,
+        num_prefix=0,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        forward=lambda params, pixels: ((pixels,), pixels),
+        params={},
+    )
+    with pytest.raises(ValueError, match="no block runner"):
+        blocks.block_runner_for(fake)
 
 
 def test_layer_edit_effects_on_a_tiny_dinov2(tmp_path):
@@ -192,7 +220,7 @@ def test_layer_edit_effects_on_a_tiny_dinov2(tmp_path):
     context = {"grid": (3, 3), "models": {n: {"mean": 0.0, "std": 1.0} for n in names}}
     pixels = jax.random.normal(jax.random.key(1), (2, 28, 28, 3))
     hidden = backbone.apply(backbone.params, pixels, ("1",))["1"]
-    run = blocks.make_block_runner("dinov2", config, backbone.params)
+    run = blocks.block_runner_for(backbone)
     rows = transfer.layer_edit_effects(
         usae, params, stats, backbone, run, hidden, {"l1": 1, "l3": 3}, context, 2, 5.0
     )

@@ -14,9 +14,9 @@ along ``D̂`` in standardised units is a step of ``alpha * sigma`` in raw units.
   :func:`steering_effect` reports as the prediction next to the measurement.
 * :func:`erase` / :func:`erasure_effect`: project ``D̂_B[c]`` out of B's activations; measure the
   concept's activation and the change of the USAE reconstruction.
-* :func:`usae_jax.backbones.blocks.make_block_runner`: edits at layer ``l`` of a
-  transformers Flax ViT / DINOv2 backbone can be carried on through blocks ``l+1 .. L``
-  (steer early, read later).
+* :func:`usae_jax.backbones.blocks.block_runner_for`: edits at layer ``l`` of a transformer
+  backbone (ViT, DINOv2, CLIP, SigLIP; our own modules) can be carried on through blocks
+  ``l+1 .. L`` (steer early, read later).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ A backbone is a frozen dataclass that holds its weights (``params``, a pytree) a
 (ViT, DINOv2, CLIP, SigLIP, BERT, CLIP text) behaves the same way.
 
 Layer names: ``"0"`` is the embedding output (input of block 1), ``"i"`` the output of block
-``i`` (``1 <= i <= num_layers``) exactly as transformers' ``hidden_states[i]``, and ``"final"``
+``i`` (``1 <= i <= num_layers``) exactly as the torch models' ``hidden_states[i]``, and ``"final"``
 the model's ``last_hidden_state`` (after the final LayerNorm for ViT, DINOv2 and SigLIP; CLIP
 vision applies no norm to its tokens, so there ``"final"`` equals ``str(num_layers)``).
 """
@@ -80,9 +80,6 @@ class VisionBackbone:
     """``forward(params, pixels [B, S, S, 3]) -> (hidden_states, last_hidden_state)``."""
     params: Any = dataclasses.field(repr=False)
     """The weights, a pytree of arrays."""
-    hf_config: Any = dataclasses.field(default=None, repr=False)
-    """The transformers config of the network when it was built from one (ViT / DINOv2 /
-    CLIP), else None; lets :mod:`usae_jax.backbones.blocks` run its remaining blocks."""
 
     def __post_init__(self):
         require(self.patch_size >= 1, "patch_size", self.patch_size, "must be >= 1")
@@ -156,7 +153,8 @@ class TextBackbone:
     params: Any = dataclasses.field(repr=False)
     """The weights, a pytree of arrays."""
     tokenizer: Any = dataclasses.field(default=None, repr=False)
-    """A transformers tokenizer, or ``None`` when callers bring token ids."""
+    """A :class:`~usae_jax.backbones.tokenizer.Tokenizer` (or any callable with its
+    interface), or ``None`` when callers bring token ids."""
 
     @property
     def layers(self) -> tuple[str, ...]:

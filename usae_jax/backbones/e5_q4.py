@@ -42,7 +42,7 @@ import numpy as np
 import tokenizers
 from tokenizers import normalizers, pre_tokenizers, processors
 
-from usae_jax.backbones import base, convert, weights
+from usae_jax.backbones import base, convert, key_tables, weights
 from usae_jax.backbones import tokenizer as tokenization
 from usae_jax.backbones import transformer as tr
 
@@ -53,8 +53,8 @@ HEADER = ("width", "layers", "heads", "mlp_width", "vocab", "positions", "types"
 WHEEL_FILE = "e5-small-q4.bin"
 QUERY, PASSAGE = "query: ", "passage: "
 
-# Tensor names of the file -> our parameters (a key table, see convert.py); leaves w/b.
-E5_KEYS: tuple[convert.Rule, ...] = (
+# Tensor names of the file -> our parameters (a key table, see key_tables.py); leaves w/b.
+E5_KEYS: tuple[key_tables.Rule, ...] = (
     (r"emb\.word", "word.embedding"),
     (r"emb\.pos", "position.embedding"),
     (r"emb\.type", "token_type.embedding"),

