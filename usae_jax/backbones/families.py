@@ -29,6 +29,7 @@ from usae_jax.backbones.key_tables import (
     HF_VIT_KEYS,
     Rule,
 )
+from usae_jax.validation import require
 
 HALF, IMAGENET = (base.HALF, base.HALF), (base.IMAGENET_MEAN, base.IMAGENET_STD)
 CLIP_STATS = (base.CLIP_MEAN, base.CLIP_STD)
@@ -67,8 +68,7 @@ class Family:
     """Default pixel mean/std (vision; ``preprocessor_config.json`` overrides)."""
 
     def __post_init__(self):
-        if self.kind not in ("vision", "text"):
-            raise ValueError(f"kind must be 'vision' or 'text', got {self.kind!r}")
+        require(self.kind in ("vision", "text"), "kind", self.kind, "'vision' or 'text'")
 
 
 _VISION_DEFAULTS = dict(

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from usae_jax.backbones.transformer_block import Block, BlockConfig, layer_norm, run_blocks
+from usae_jax.validation import require
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -39,12 +40,15 @@ class TextConfig:
     """Causal attention on top of the padding mask (CLIP text)."""
 
     def __post_init__(self):
-        if min(self.num_layers, self.vocab_size, self.max_positions) < 1:
-            raise ValueError(f"text sizes must be positive: {self}")
-        if self.type_vocab_size < 0 or self.position_offset < 0:
-            raise ValueError(f"type_vocab_size and position_offset must be >= 0: {self}")
-        if self.position_offset >= self.max_positions:
-            raise ValueError(f"position_offset {self.position_offset} >= {self.max_positions}")
+        for field in ("num_layers", "vocab_size", "max_positions"):
+            require(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
+        require(self.type_vocab_size >= 0, "type_vocab_size", self.type_vocab_size, "must be >= 0")
+        require(
+            0 <= self.position_offset < self.max_positions,
+            "position_offset",
+            self.position_offset,
+            f"must be in [0, max_positions={self.max_positions})",
+        )
 
 
 class TextTransformer(nnx.Module):

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from usae_jax.validation import require
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -47,16 +49,24 @@ class BlockConfig:
     """Whether the query/key/value projections have biases."""
 
     def __post_init__(self):
-        if min(self.width, self.heads, self.mlp_width) < 1:
-            raise ValueError(f"block sizes must be positive: {self}")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; use {sorted(ACTIVATIONS)}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be positive, got {self.eps}")
-        if self.layer_scale and not self.norm_first:
-            raise ValueError("layer_scale needs a pre-norm block")
+        for field in ("width", "heads", "mlp_width"):
+            require(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
+        require(
+            self.width % self.heads == 0,
+            "width",
+            self.width,
+            f"must be a multiple of heads={self.heads}",
+        )
+        require(
+            self.activation in ACTIVATIONS, "activation", self.activation, f"{sorted(ACTIVATIONS)}"
+        )
+        require(self.eps > 0, "eps", self.eps, "must be > 0")
+        require(
+            not self.layer_scale or self.norm_first,
+            "layer_scale",
+            self.layer_scale,
+            "needs a pre-norm block (norm_first=True)",
+        )
 
 
 def layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:

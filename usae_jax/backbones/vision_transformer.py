@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from usae_jax.backbones.transformer_block import Block, BlockConfig, layer_norm, run_blocks
+from usae_jax.validation import require
 
 INTERPOLATIONS = ("none", "bicubic", "bicubic_antialias")
 
@@ -58,25 +59,41 @@ class VisionConfig:
     """A LayerNorm after the last block gives ``last`` (not in CLIP vision)."""
 
     def __post_init__(self):
-        if min(self.num_layers, self.image_size, self.patch_size, self.channels) < 1:
-            raise ValueError(f"vision sizes must be positive: {self}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of {self.patch_size}")
-        if self.registers < 0:
-            raise ValueError(f"registers must be >= 0, got {self.registers}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation {self.interpolation!r} not in {INTERPOLATIONS}")
-        if self.interpolation_offset < 0 or (
-            self.interpolation_offset and self.interpolation != "bicubic"
-        ):
-            raise ValueError("interpolation_offset must be >= 0 and needs 'bicubic' interpolation")
-        if self.position_grid is not None and self.position_grid < 1:
-            raise ValueError(f"position_grid must be positive, got {self.position_grid}")
-        if self.interpolation == "none" and self.table_grid != self.grid:
-            raise ValueError(
-                f"position grid {self.table_grid} differs from the token grid {self.grid} of "
-                f"{self.image_size} px and interpolation is 'none'"
-            )
+        for field in ("num_layers", "image_size", "patch_size", "channels"):
+            require(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
+        require(
+            self.image_size % self.patch_size == 0,
+            "image_size",
+            self.image_size,
+            f"must be a multiple of patch_size={self.patch_size}",
+        )
+        require(self.registers >= 0, "registers", self.registers, "must be >= 0")
+        require(
+            self.interpolation in INTERPOLATIONS,
+            "interpolation",
+            self.interpolation,
+            f"one of {INTERPOLATIONS}",
+        )
+        require(
+            self.interpolation_offset >= 0
+            and (not self.interpolation_offset or self.interpolation == "bicubic"),
+            "interpolation_offset",
+            self.interpolation_offset,
+            "must be >= 0 and needs 'bicubic' interpolation",
+        )
+        require(
+            self.position_grid is None or self.position_grid >= 1,
+            "position_grid",
+            self.position_grid,
+            "must be None or >= 1",
+        )
+        require(
+            self.interpolation != "none" or self.table_grid == self.grid,
+            "interpolation",
+            self.interpolation,
+            f"position grid {self.table_grid} differs from the token grid {self.grid} of "
+            f"{self.image_size} px and interpolation is 'none'",
+        )
 
     @property
     def grid(self) -> int:
