@@ -42,6 +42,8 @@ class StoreSource:
         official recipe; ``std_epsilon`` is 0 in stores written before it was recorded).
       names: the models to serve and their order (default: all, in manifest order).
       verify: check shard checksums when opening a directory.
+      standardisation: apply this one instead of the manifest's (e.g. the training store's, to
+        read a held-out store exactly as training read its own rows); needs ``standardise``.
     """
 
     def __init__(
@@ -50,15 +52,18 @@ class StoreSource:
         standardise: bool = True,
         names: Iterable[str] | None = None,
         verify: bool = True,
+        standardisation: Standardisation | None = None,
     ):
         self.store = store if isinstance(store, Store) else Store(store, verify=verify)
         self._names = tuple(names) if names is not None else self.store.names
         unknown = [n for n in self._names if n not in self.store.models]
         if unknown:
             raise StoreError(f"models {unknown} are not in the store ({self.store.names})")
-        self.standardisation = (
-            manifest_standardisation(self.store, self._names) if standardise else None
-        )
+        if standardisation is not None and not standardise:
+            raise StoreError("a standardisation was given with standardise=False")
+        if standardisation is None and standardise:
+            standardisation = manifest_standardisation(self.store, self._names)
+        self.standardisation = standardisation
 
     @property
     def names(self) -> tuple[str, ...]:
