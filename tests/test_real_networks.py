@@ -17,7 +17,7 @@ from usae_jax.analysis.controls import ControlConfig
 from usae_jax.analysis.explorer.measures import ExplorerConfig
 from usae_jax.analysis.report import AnalysisConfig
 from usae_jax.analysis.statistics import StatisticsConfig
-from usae_jax.backbones import efficientnet_lite, open_nsfw
+from usae_jax.backbones import cnn, efficientnet_lite, open_nsfw
 from usae_jax.config import TrainConfig, USAEConfig
 from usae_jax.data import images as image_sources
 from usae_jax.data.source import ArraySource, Standardisation
@@ -109,6 +109,7 @@ def finished(tmp_path_factory):
     return base, names, summary, lines
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end(finished):
     base, _, summary, lines = finished
     run = base / "run"
@@ -137,6 +138,7 @@ def test_pipeline_end_to_end(finished):
     assert "| co-fires per token | " in table and "+0.000" in table
 
 
+@pytest.mark.slow
 def test_held_out_split_respected(finished):
     base, names, summary, _ = finished
     stores = {s: read_manifest(base / "run" / "store" / s)["image_ids"] for s in rn.SPLITS}
@@ -147,6 +149,7 @@ def test_held_out_split_respected(finished):
     assert summary["held_out"]["rows"] == summary["stores"]["held_out"]["rows"]
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_stages(finished, tmp_path):
     base, _, first, _ = finished
     run = base / "run"
@@ -175,8 +178,9 @@ def test_overlapping_split_is_refused(tmp_path):
     with open(photos / "held_out.txt", "a") as handle:
         handle.write("images/photo0.png\n")  # also a training image
     with pytest.raises(ValueError, match="in both splits"):
-        rn.run(tiny_config(), tmp_path / "run", images=photos, backbone_loader=_load,
+        rn.run(tiny_config(), tmp_path / "run", images=photos, backbone_loader=_refuse,
                log=lambda line: None)  # fmt: skip
+    assert not (tmp_path / "run" / "store").exists()  # refused before any extraction
 
 
 def test_views_are_seeded(tmp_path):
@@ -191,10 +195,20 @@ def test_views_are_seeded(tmp_path):
     assert not np.array_equal(a.load(1), c.load(1))
 
 
-@pytest.mark.parametrize("spec", sorted(BACKBONES))
-def test_cam_pixels_match_backbone_preprocessing(spec):
-    backbone = BACKBONES[spec]()
-    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+@pytest.mark.parametrize(
+    "style",
+    [
+        dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),  # EfficientNet: ImageNet
+        dict(mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), pixel_scale=1.0, bgr=True),  # Caffe
+    ],
+    ids=["imagenet", "caffe_bgr"],
+)
+def test_cam_pixels_match_backbone_preprocessing(style):
+    backbone = cnn.ConvBackbone(
+        name="stub", identity={}, image_size=8, layer_shapes={"x": (1, 1, 3)},
+        forward=lambda state, pixels: {"x": pixels}, params=None, **style,
+    )  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
     ours = normalise_pixels(backbone, jnp.asarray(images, jnp.float32) / 255.0)
     np.testing.assert_allclose(ours, backbone.preprocess(images), rtol=1e-5, atol=1e-4)
 

@@ -229,6 +229,14 @@ def base_image(view_id: str) -> str:
     return view_id.rpartition("#")[0]
 
 
+def check_lists(paths: Paths) -> None:
+    """Refuse an image set whose ``train.txt`` and ``held_out.txt`` share an image."""
+    lists = [(paths.images / f"{s}.txt").read_text().split() for s in SPLITS]
+    both = set(lists[0]) & set(lists[1])
+    if both:
+        raise ValueError(f"{len(both)} images are in both splits, e.g. {min(both)}")
+
+
 def check_split(paths: Paths) -> dict:
     """The stores' image counts; raises if an image is in both splits."""
     ids = {s: read_manifest(paths.store(s))["image_ids"] for s in SPLITS}
@@ -301,6 +309,8 @@ def run(
         return {"counts": manifest["counts"]}
 
     stages.run("images", lambda: _gathered(paths.images), gather_images)
+
+    check_lists(paths)
 
     def extract_stores():
         models = tuple(ex.ModelChoice(name=n.name, backbone=n.name, layer=n.layer)
