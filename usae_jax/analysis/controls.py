@@ -119,11 +119,14 @@ def run_controls(
     workdir: str | os.PathLike,
     control: ControlConfig | None = None,
     statistics_config: StatisticsConfig | None = None,
+    eval_arrays: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Train and analyse every control run of ``control``; ``{kind: summary}`` plus settings.
 
     Each run is trained under ``config`` with ``control.num_steps`` steps into
-    ``workdir/<kind>`` and analysed on its own (manipulated, standardised) data.
+    ``workdir/<kind>`` and analysed on its own (manipulated, standardised) data: ``arrays``, or
+    ``eval_arrays`` (``{name: [rows', width]}``, e.g. held-out rows) when given, manipulated the
+    same way (seed ``control.seed + 1``) and standardised with the training data's statistics.
     """
     control = control or ControlConfig()
     statistics_config = statistics_config or StatisticsConfig()
@@ -135,11 +138,21 @@ def run_controls(
         dataclasses.replace(config, checkpoint_every=control.num_steps, progress_bar=False),
         num_steps=control.num_steps,
     )
-    report = {"control_model": target, "num_steps": control.num_steps}
+    report = {
+        "control_model": target,
+        "num_steps": control.num_steps,
+        "analysed_on": "separate evaluation rows" if eval_arrays is not None else "training rows",
+    }
     for kind in control.kinds:
         source = ArraySource(control_arrays(arrays, kind, target, control.seed))
         result = train(short, os.path.join(workdir, kind), source)
         params, stats = jax.device_get((result.state.params, result.state.batch_stats))
-        statistics = compute_statistics(short.usae, params, stats, source, statistics_config)
+        analysed = source
+        if eval_arrays is not None:
+            analysed = ArraySource(
+                control_arrays(eval_arrays, kind, target, control.seed + 1),
+                standardisation=source.standardisation,
+            )
+        statistics = compute_statistics(short.usae, params, stats, analysed, statistics_config)
         report[kind] = universality_summary(statistics, control.universal_entropy)
     return report

@@ -27,7 +27,7 @@ from usae_jax.analysis.examples import ImageTokens, concept_heatmap, top_example
 from usae_jax.analysis.load import load_run
 from usae_jax.analysis.markdown import render_report
 from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics, statistics_summary
-from usae_jax.data.source import ArraySource
+from usae_jax.data.source import ArraySource, Standardisation
 from usae_jax.data.synthetic.planted import PlantedData
 from usae_jax.model.usae import normalize_dictionary
 from usae_jax.train.metrics import r2_label
@@ -147,14 +147,24 @@ def analyze(
     planted: PlantedData | None = None,
     tokens: ImageTokens | None = None,
     out_dir: str | os.PathLike | None = None,
+    *,
+    train_arrays: dict[str, np.ndarray] | None = None,
+    standardisation: Standardisation | None = None,
 ) -> dict:
     """Analyse the run in ``workdir`` on ``arrays`` (``{name: [rows, width]}``, raw, standardised
-    here as training did); write ``analysis.json``, ``report.md`` and PNGs; return the numbers."""
+    here as training did); write ``analysis.json``, ``report.md`` and PNGs; return the numbers.
+
+    Held-out analysis: ``arrays`` are the held-out rows, ``standardisation`` the training data's
+    (else one is fitted on ``arrays``), and ``train_arrays`` (``{name: [rows', width]}``, raw
+    training rows) train the independent SAEs and the control USAEs, which are then measured on
+    ``arrays``. Without ``train_arrays`` they train on ``arrays`` themselves.
+    """
     started = time.perf_counter()
     analysis = analysis or AnalysisConfig()
     out = Path(out_dir or os.path.join(workdir, "analysis"))
     out.mkdir(parents=True, exist_ok=True)
-    source = ArraySource(arrays)
+    source = ArraySource(arrays, standardisation=standardisation)
+    fit_arrays = arrays if train_arrays is None else train_arrays
     config, params, stats, step = load_run(workdir)
     names = config.usae.model_names
     statistics = compute_statistics(config.usae, params, stats, source, analysis.statistics)
@@ -167,6 +177,7 @@ def analyze(
     results = {
         "workdir": os.fspath(workdir),
         "step": step,
+        "baselines_trained_on": "analysed rows" if train_arrays is None else "separate rows",
         "model_names": list(names),
         "num_concepts": config.usae.num_concepts,
         **statistics_summary(statistics),
@@ -212,7 +223,7 @@ def analyze(
         tic = time.perf_counter()
         saes = train_independent_saes(
             config,
-            arrays,
+            fit_arrays,
             out / f"independent_saes_{analysis.baseline.num_steps}_steps",
             analysis.baseline.num_steps,
         )
@@ -233,10 +244,11 @@ def analyze(
         tic = time.perf_counter()
         results["controls"] = run_controls(
             config,
-            arrays,
+            fit_arrays,
             out / f"controls_{analysis.controls.num_steps}_steps",
             analysis.controls,
             analysis.statistics,
+            eval_arrays=None if train_arrays is None else arrays,
         )
         results["controls"]["seconds"] = round(time.perf_counter() - tic, 1)
     results["seconds"] = round(time.perf_counter() - started, 1)

@@ -145,20 +145,52 @@ def sample_images() -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def view_of(image: np.ndarray, size: int, seed: int, image_index: int, view: int) -> np.ndarray:
+    """View ``view`` of ``image`` as uint8 ``[size, size, 3]``: view 0 is the centre crop, the
+    others random resized crops (area 25-100%, aspect 3:4-4:3) mirrored with probability 1/2,
+    seeded by ``(seed, image_index, view)``."""
+    if view == 0:
+        return resize_crop(image, size)
+    rng = np.random.default_rng([seed, image_index, view])
+    box = random_box(rng, *image.shape[:2])
+    return resize_crop(image, size, box=box, flip=bool(rng.integers(2)))
+
+
 def from_samples(size: int, views: int = 8, seed: int = 0) -> ImageSource:
-    """``views`` views of each sample image: view 0 is the centre crop, the others random
-    resized crops (area 25-100%, aspect 3:4-4:3) mirrored with probability 1/2, seeded by
-    ``(seed, image, view)``. Ids look like ``skimage:astronaut#3``."""
+    """``views`` views of each sample image (:func:`view_of`). Ids look like
+    ``skimage:astronaut#3``."""
     base = sample_images()
     ids = [f"{name}#{v}" for name, _ in base for v in range(views)]
 
     def load(index: int) -> np.ndarray:
         image_index, view = divmod(index, views)
-        image = base[image_index][1]
-        if view == 0:
-            return resize_crop(image, size)
-        rng = np.random.default_rng([seed, image_index, view])
-        box = random_box(rng, *image.shape[:2])
-        return resize_crop(image, size, box=box, flip=bool(rng.integers(2)))
+        return view_of(base[image_index][1], size, seed, image_index, view)
 
     return ImageSource(ids, load, size, kind="sample", views=views, seed=seed)
+
+
+def views_from_list(list_file: str | os.PathLike, size: int, views: int, seed: int = 0):
+    """``views`` views (:func:`view_of`) of each image named in ``list_file`` (one path a line,
+    relative to its folder). Ids look like ``images/scratch/x.jpg#3``; the same ``(list, size,
+    views, seed)`` always gives the same pixels."""
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    list_file = os.fspath(list_file)
+    if not os.path.isfile(list_file):
+        raise FileNotFoundError(f"image list not found: {list_file}")
+    base = os.path.dirname(os.path.abspath(list_file))
+    with open(list_file) as f:
+        names = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    if not names:
+        raise ValueError(f"image list {list_file} names no images")
+    paths = [os.path.join(base, n) for n in names]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} listed images do not exist, first: {missing[0]}")
+    ids = [f"{name}#{v}" for name in names for v in range(views)]
+
+    def load(index: int) -> np.ndarray:
+        image_index, view = divmod(index, views)
+        return view_of(_read_file(paths[image_index]), size, seed, image_index, view)
+
+    return ImageSource(ids, load, size, kind="views", list=list_file, views=views, seed=seed)

@@ -79,6 +79,8 @@ class StoreSource(StoreModels):
         official recipe; ``std_epsilon`` is 0 in stores written before it was recorded).
       names: the models to serve and their order (default: all, in manifest order).
       verify: check shard checksums when opening a directory.
+      standardisation: apply this one instead of the manifest's (e.g. the training store's, to
+        read a held-out store exactly as training read its own rows); needs ``standardise``.
     """
 
     def __init__(
@@ -87,9 +89,14 @@ class StoreSource(StoreModels):
         standardise: bool = True,
         names: Iterable[str] | None = None,
         verify: bool = True,
+        standardisation: Standardisation | None = None,
     ):
         store = store if isinstance(store, Store) else Store(store, verify=verify)
-        super().__init__(store, standardise, names)
+        if standardisation is not None and not standardise:
+            raise StoreError("a standardisation was given with standardise=False")
+        super().__init__(store, standardise and standardisation is None, names)
+        if standardisation is not None:
+            self.standardisation = standardisation
 
     def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Standardised float32 rows ``{name: [len(indices), width]}`` at sorted ``indices``."""

@@ -158,9 +158,16 @@ class ArraySource:
       standardise: fit one scalar mean/std per model and apply ``(x - mean) / (std + 1e-5)``
         (unbiased std) to every batch, the official recipe. Pass ``False`` for data that is
         already standardised.
+      standardisation: apply this one instead of fitting (e.g. the training data's, to read
+        held-out rows exactly as training read its own); needs ``standardise``.
     """
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], standardise: bool = True):
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        standardise: bool = True,
+        standardisation: Standardisation | None = None,
+    ):
         if not arrays:
             raise ValueError("a paired source needs at least one model; got an empty mapping")
         rows = {name: int(np.shape(a)[0]) for name, a in arrays.items()}
@@ -175,7 +182,15 @@ class ArraySource:
         self._arrays = dict(arrays)
         self._names = tuple(arrays)
         self._rows = next(iter(rows.values()))
-        self.standardisation = Standardisation.fit(self._arrays) if standardise else None
+        if standardisation is not None:
+            if not standardise:
+                raise ValueError("a standardisation was given with standardise=False")
+            missing = [n for n in self._names if n not in standardisation.mean]
+            if missing:
+                raise ValueError(f"the standardisation given has no statistics for {missing}")
+        elif standardise:
+            standardisation = Standardisation.fit(self._arrays)
+        self.standardisation = standardisation
 
     @classmethod
     def from_npy(cls, paths: Mapping[str, str | os.PathLike], standardise: bool = True):

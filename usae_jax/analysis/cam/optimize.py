@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from usae_jax.backbones.base import VisionBackbone
+from usae_jax.backbones.cnn import ConvBackbone
 from usae_jax.backbones.tokens import resample_grid
 from usae_jax.config import USAEConfig
 from usae_jax.model.inference import encode_eval
@@ -118,9 +119,9 @@ class CAMModel:
 
     name: str
     """USAE model name (a key of ``params["models"]``)."""
-    backbone: VisionBackbone
-    """The network; models that are layers of one network should share the same object, so it
-    runs once per image."""
+    backbone: VisionBackbone | ConvBackbone
+    """The network (a vision transformer or a CNN); models that are layers of one network should
+    share the same object, so it runs once per image."""
     layer: str
     """Backbone layer the store was extracted from."""
     mean: float = 0.0
@@ -209,6 +210,18 @@ def centre_views(images: jax.Array, size: int) -> jax.Array:
     return jax.image.resize(images, (images.shape[0], size, size, 3), "bilinear", antialias=True)
 
 
+def normalise_pixels(backbone: VisionBackbone | ConvBackbone, pixels: jax.Array) -> jax.Array:
+    """RGB pixels in [0, 1] ``[B, S, S, 3]`` -> the network's input, exactly as
+    ``backbone.preprocess`` turns uint8 pixels (``255 * pixels``) into it: a CNN may want BGR
+    channels and another pixel scale (open_nsfw, HED: BGR 0-255 minus the Caffe mean)."""
+    if isinstance(backbone, ConvBackbone):
+        pixels = pixels * 255.0
+        if backbone.bgr:
+            pixels = pixels[..., ::-1]
+        pixels = pixels / backbone.pixel_scale
+    return (pixels - jnp.asarray(backbone.mean)) / jnp.asarray(backbone.std)
+
+
 def _groups(models: Sequence[CAMModel]) -> list[list[int]]:
     """Indices of models sharing one backbone object, in first-appearance order."""
     groups: dict[int, list[int]] = {}
@@ -237,7 +250,7 @@ def make_reader(models: Sequence[CAMModel], usae: USAEConfig, grid: Sequence[int
             picks = members if p > 1 else [0]
             batch = images[:, jnp.asarray(picks)].reshape(-1, *images.shape[2:])
             pixels = view(g, batch, backbone.image_size)
-            pixels = (pixels - jnp.asarray(backbone.mean)) / jnp.asarray(backbone.std)
+            pixels = normalise_pixels(backbone, pixels)
             layers = sorted({models[i].layer for i in members})
             tokens = backbone.patch_tokens(backbone_params[g], pixels, layers)
             for slot, index in enumerate(members):
