@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 Features = Callable[[Any, jax.Array], dict[str, jax.Array]]
+Resume = Callable[[Any, str, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -52,6 +53,10 @@ class ConvBackbone:
     entry of ``layer_shapes`` plus ``"logits"``."""
     params: Any = dataclasses.field(repr=False)
     """The weights: an ``nnx.State`` (a pytree) to pass to ``forward``."""
+    resume: Resume | None = dataclasses.field(default=None, repr=False)
+    """``resume(state, layer, feature_map [B, h, w, C]) -> logits [B, classes]``: the rest of
+    the network from a layer (splicing edited activations back in); ``None`` when the module
+    cannot continue from a layer."""
 
     def __post_init__(self):
         if self.image_size < 1 or self.pixel_scale <= 0 or min(self.std) <= 0:
@@ -111,6 +116,16 @@ def pure_forward(graphdef: nnx.GraphDef) -> Features:
         return nnx.merge(graphdef, state)(pixels)
 
     return forward
+
+
+def pure_resume(graphdef: nnx.GraphDef) -> Resume:
+    """``resume(state, layer, x)`` of a split NNX module with a ``continue_from(layer, x)``
+    method (merged inside the traced function)."""
+
+    def resume(state, layer, x):
+        return nnx.merge(graphdef, state).continue_from(layer, x)
+
+    return resume
 
 
 def abstract_split(make: Callable[[nnx.Rngs], nnx.Module]) -> tuple[nnx.GraphDef, nnx.State]:
@@ -186,6 +201,13 @@ def make_backbone(
 
     shapes = jax.eval_shape(trace, state, pixels)
     layer_shapes = {k: tuple(shapes[k].shape[1:]) for k in order if k != "logits"}
+    resumable = hasattr(nnx.merge(graphdef, state), "continue_from")
+    resume = pure_resume(graphdef) if resumable else None
     return ConvBackbone(
-        image_size=image_size, layer_shapes=layer_shapes, forward=forward, params=state, **fields
+        image_size=image_size,
+        layer_shapes=layer_shapes,
+        forward=forward,
+        params=state,
+        resume=resume,
+        **fields,
     )
