@@ -110,18 +110,19 @@ def cut_model(
 
 # ------------------------------------------------------------------ output distributions
 def divergence(kind: str, clean: jax.Array, spliced: jax.Array) -> jax.Array:
-    """``[B]`` per-image ``KL(clean || spliced)`` of two head outputs ``[B, ...]``."""
+    """``[B]`` per-image ``KL(clean || spliced)`` of two head outputs ``[B, ...]`` (rounding
+    below 0 is clipped to 0)."""
     clean, spliced = jnp.asarray(clean, jnp.float32), jnp.asarray(spliced, jnp.float32)
     axes = tuple(range(1, clean.ndim))
     if kind == "categorical":
         p, q = jax.nn.log_softmax(clean, -1), jax.nn.log_softmax(spliced, -1)
-        kl = jnp.sum(jnp.exp(p) * (p - q), axis=-1)
-        return kl.reshape(kl.shape[0], -1).mean(axis=1)
+        kl = jnp.sum(jnp.exp(p) * (p - q), axis=-1)  # >= 0 up to rounding: clipped
+        return jnp.maximum(kl.reshape(kl.shape[0], -1).mean(axis=1), 0.0)
     if kind == "bernoulli":
         lp, lq = jax.nn.log_sigmoid(clean), jax.nn.log_sigmoid(spliced)
         lp0, lq0 = jax.nn.log_sigmoid(-clean), jax.nn.log_sigmoid(-spliced)
         kl = jnp.exp(lp) * (lp - lq) + jnp.exp(lp0) * (lp0 - lq0)
-        return jnp.mean(kl, axis=axes)
+        return jnp.maximum(jnp.mean(kl, axis=axes), 0.0)
     if kind == "gaussian":
         return 0.5 * jnp.sum(jnp.square(clean - spliced), axis=axes)
     raise ValueError(f"kind={kind!r}: must be one of {KINDS}")

