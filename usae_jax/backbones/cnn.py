@@ -26,6 +26,7 @@ from flax import nnx
 from usae_jax.validation import require
 
 Features = Callable[[Any, jax.Array], dict[str, jax.Array]]
+Resume = Callable[[Any, str, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -54,6 +55,10 @@ class ConvBackbone:
     entry of ``layer_shapes`` plus ``"logits"``."""
     params: Any = dataclasses.field(repr=False)
     """The weights: an ``nnx.State`` (a pytree) to pass to ``forward``."""
+    resume: Resume | None = dataclasses.field(default=None, repr=False)
+    """``resume(state, layer, feature_map [B, h, w, C]) -> logits [B, classes]``: the rest of
+    the network from a layer (splicing edited activations back in); ``None`` when the module
+    cannot continue from a layer."""
 
     def __post_init__(self):
         require(self.image_size >= 1, "image_size", self.image_size, "must be >= 1")
@@ -124,6 +129,16 @@ def pure_forward(graphdef: nnx.GraphDef) -> Features:
         return nnx.merge(graphdef, state)(pixels)
 
     return forward
+
+
+def pure_resume(graphdef: nnx.GraphDef) -> Resume:
+    """``resume(state, layer, x)`` of a split NNX module with a ``continue_from(layer, x)``
+    method (merged inside the traced function)."""
+
+    def resume(state, layer, x):
+        return nnx.merge(graphdef, state).continue_from(layer, x)
+
+    return resume
 
 
 def abstract_split(make: Callable[[nnx.Rngs], nnx.Module]) -> tuple[nnx.GraphDef, nnx.State]:
@@ -224,6 +239,13 @@ def make_backbone(
 
     shapes = jax.eval_shape(trace, state, pixels)
     layer_shapes = {k: tuple(shapes[k].shape[1:]) for k in order if k != "logits"}
+    resumable = hasattr(nnx.merge(graphdef, state), "continue_from")
+    resume = pure_resume(graphdef) if resumable else None
     return ConvBackbone(
-        image_size=image_size, layer_shapes=layer_shapes, forward=forward, params=state, **fields
+        image_size=image_size,
+        layer_shapes=layer_shapes,
+        forward=forward,
+        params=state,
+        resume=resume,
+        **fields,
     )

@@ -145,6 +145,27 @@ class EfficientNetLite(nnx.Module):
         out["logits"] = self.fc(jnp.mean(x, axis=(1, 2)))
         return out
 
+    def continue_from(self, layer: str, x: jax.Array) -> jax.Array:
+        """The rest of the network from ``layer``'s feature map ``x`` ``[B, h, w, C]`` (as
+        :meth:`__call__` returns it): ``[B, num_classes]`` logits."""
+        if layer == "stem":
+            first = 0
+        elif (
+            layer.startswith("blocks.")
+            and layer[7:].isdigit()
+            and int(layer[7:]) < len(self.blocks)
+        ):
+            first = int(layer[7:]) + 1
+        elif layer in ("head", "final"):
+            first = None
+        else:
+            raise ValueError(f"EfficientNet-Lite has no layer {layer!r} to continue from")
+        if first is not None:
+            for block in list(self.blocks)[first:]:
+                x = block(x)
+            x = jax.nn.relu6(self.bn1(self.conv_head(x)))
+        return self.fc(jnp.mean(x, axis=(1, 2)))
+
 
 _BN_LEAVES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 

@@ -130,6 +130,32 @@ class OpenNsfwResNet(nnx.Module):
         out["logits"] = self.fc_nsfw(jnp.mean(x, axis=(1, 2)))
         return out
 
+    def continue_from(self, layer: str, x: jax.Array) -> jax.Array:
+        """The rest of the network from ``layer``'s feature map ``x`` ``[B, h, w, C]`` (as
+        :meth:`__call__` returns it): ``[B, num_classes]`` logits."""
+        last = len(self.stages) - 1
+        if layer == "stem":
+            x, start = cnn.max_pool(x, 3, 2, ((0, 1), (0, 1))), (0, 0)
+        elif layer == "pool":
+            start = (0, 0)
+        elif layer == "final":
+            start = (last + 1, 0)
+        elif m := re.fullmatch(r"stage(\d+)(?:\.block(\d+))?", layer):
+            s = int(m.group(1))
+            if s > last:
+                raise ValueError(f"open_nsfw has no layer {layer!r} to continue from")
+            b = len(self.stages[s]) - 1 if m.group(2) is None else int(m.group(2))
+            if b >= len(self.stages[s]):
+                raise ValueError(f"open_nsfw has no layer {layer!r} to continue from")
+            start = (s, b + 1)
+        else:
+            raise ValueError(f"open_nsfw has no layer {layer!r} to continue from")
+        for s, stage in enumerate(self.stages):
+            for b, block in enumerate(stage):
+                if (s, b) >= start:
+                    x = block(x)
+        return self.fc_nsfw(jnp.mean(x, axis=(1, 2)))
+
 
 def _attr(node, name, default):
     """An ONNX node attribute as a list of ints (``default`` when absent)."""
