@@ -41,6 +41,7 @@ from usae_jax.backbones.tokens import resample_grid, unresample_grid
 from usae_jax.config import USAEConfig
 from usae_jax.model.inference import encode_eval
 from usae_jax.model.usae import decode_sparse, normalize_dictionary
+from usae_jax.validation import require
 
 
 class Observation(NamedTuple):
@@ -76,10 +77,8 @@ class SpliceModel:
     """Maps a batch (e.g. uint8 images) to ``observe``'s input (e.g. the network's pixels)."""
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind={self.kind!r}: must be one of {KINDS}")
-        if not self.std > 0:
-            raise ValueError(f"std={self.std}: must be > 0")
+        require(self.kind in KINDS, "kind", self.kind, f"must be one of {KINDS}")
+        require(self.std > 0, "std", self.std, "must be > 0")
 
 
 def cut_model(

@@ -33,6 +33,7 @@ from usae_jax.analysis.universality import firing_entropy
 from usae_jax.config import USAEConfig
 from usae_jax.model.inference import encode_eval
 from usae_jax.model.usae import normalize_dictionary
+from usae_jax.validation import require
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,15 +52,14 @@ class EffectConfig:
     """Seed of the random control directions."""
 
     def __post_init__(self):
-        if self.per_group < 2:
-            raise ValueError(f"per_group={self.per_group}: need >= 2 concepts to rank")
-        if not 0 <= self.unique_max < self.universal_min <= 1:
-            raise ValueError(
-                f"need 0 <= unique_max ({self.unique_max}) < universal_min "
-                f"({self.universal_min}) <= 1"
-            )
-        if self.tau < 0:
-            raise ValueError(f"tau={self.tau}: must be >= 0")
+        require(self.per_group >= 2, "per_group", self.per_group, "need >= 2 concepts to rank")
+        require(
+            0 <= self.unique_max < self.universal_min <= 1,
+            "unique_max",
+            self.unique_max,
+            f"need 0 <= unique_max < universal_min ({self.universal_min}) <= 1",
+        )
+        require(self.tau >= 0, "tau", self.tau, "must be >= 0")
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

@@ -31,6 +31,7 @@ from usae_jax.backbones.base import VisionBackbone, select_layers
 from usae_jax.backbones.blocks import block_runner_for
 from usae_jax.backbones.cnn import ConvBackbone
 from usae_jax.backbones.registry import load_backbone
+from usae_jax.validation import require
 
 KINDS = ("categorical", "bernoulli", "gaussian")
 """How a head's output is read as a distribution (see :mod:`usae_jax.analysis.splice`)."""
@@ -57,8 +58,7 @@ class Cut:
     """The weights both functions take (backbone and head)."""
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind={self.kind!r}: must be one of {KINDS}")
+        require(self.kind in KINDS, "kind", self.kind, f"must be one of {KINDS}")
 
 
 def cut_conv(backbone: ConvBackbone, layer: str) -> Cut:

@@ -52,6 +52,7 @@ from usae_jax.data.loader import StoreSource, manifest_standardisation
 from usae_jax.data.store import Store, read_manifest
 from usae_jax.pipelines import real_networks_summary as summaries
 from usae_jax.pipelines.train_and_report import train_and_report
+from usae_jax.validation import require
 
 STAGES = ("images", "extract", "train", "analyze", "cam", "explore")
 SPLITS = ("train", "held_out")
@@ -71,8 +72,8 @@ class Network:
     """What the network is, for the report (e.g. "self-supervised ViT")."""
 
     def __post_init__(self):
-        if not self.name or not self.spec or not self.layer:
-            raise ValueError(f"a network needs a name, a spec and a layer: {self}")
+        for field in ("name", "spec", "layer"):
+            require(bool(getattr(self, field)), field, getattr(self, field), "must not be empty")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -121,8 +122,12 @@ class RealNetworksConfig:
     def __post_init__(self):
         object.__setattr__(self, "networks", tuple(self.networks))
         names = [n.name for n in self.networks]
-        if len(names) < 2 or len(set(names)) != len(names):
-            raise ValueError(f"need at least two networks with unique names, got {names}")
+        require(
+            len(names) >= 2 and len(set(names)) == len(names),
+            "networks",
+            names,
+            "need at least two networks with unique names",
+        )
         positive = {
             "image_size": self.image_size,
             "grid": self.grid,
@@ -133,10 +138,9 @@ class RealNetworksConfig:
             "analysis_train_rows": self.analysis_train_rows,
         }
         for field, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{field}={value!r}: must be >= 1")
-        if self.cam_universal < 0 or self.cam_unique < 0:
-            raise ValueError("cam_universal and cam_unique must be >= 0")
+            require(value >= 1, field, value, "must be >= 1")
+        require(self.cam_universal >= 0, "cam_universal", self.cam_universal, "must be >= 0")
+        require(self.cam_unique >= 0, "cam_unique", self.cam_unique, "must be >= 0")
 
 
 def peak_memory_mb() -> float:

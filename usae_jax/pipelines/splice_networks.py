@@ -24,6 +24,7 @@ from usae_jax.backbones.continuation import attach_head
 from usae_jax.backbones.registry import load_backbone
 from usae_jax.data.images import ImageSource
 from usae_jax.data.store import Store
+from usae_jax.validation import require
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,8 +43,9 @@ class SpliceRunConfig:
     """Concept groups and control of the effects."""
 
     def __post_init__(self):
-        if self.max_images < 2 or self.batch_images < 2 or self.mean_rows < 1:
-            raise ValueError(f"need max_images >= 2, batch_images >= 2, mean_rows >= 1: {self}")
+        require(self.max_images >= 2, "max_images", self.max_images, "must be >= 2")
+        require(self.batch_images >= 2, "batch_images", self.batch_images, "must be >= 2")
+        require(self.mean_rows >= 1, "mean_rows", self.mean_rows, "must be >= 1")
 
 
 def token_means(store_dir: str | os.PathLike, rows: int) -> dict[str, np.ndarray]:
