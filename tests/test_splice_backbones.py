@@ -24,6 +24,7 @@ from usae_jax.analysis import splice, splice_effects, splice_report
 from usae_jax.backbones import continuation, convert, efficientnet_lite, open_nsfw
 from usae_jax.backbones import transformer as tr
 from usae_jax.backbones.registry import load_backbone
+from usae_jax.backbones.tokens import resample_grid, unresample_grid
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
 from usae_jax.data import extract as ex
 from usae_jax.data import images
@@ -245,3 +246,17 @@ def test_splice_command(tmp_path):
     assert (tmp_path / "out" / "splice.png").stat().st_size > 0
     with pytest.raises(ValueError, match="no head"):
         continuation.attach_head("hed_vgg16", object(), "block5")
+
+
+def test_common_grid_back_to_native():
+    """Coarser native grids are rebuilt from the common grid alone (``Q P = I``); on finer ones
+    the spliced tokens are exactly what the common grid then sees."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 7, 7, 3)), jnp.float32)
+    other = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    np.testing.assert_allclose(unresample_grid(resample_grid(x, (14, 14)), other), x, atol=1e-5)
+    clean = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+    tokens = jnp.asarray(rng.normal(size=(2, 14, 14, 3)), jnp.float32)
+    spliced = unresample_grid(tokens, clean)
+    np.testing.assert_allclose(resample_grid(spliced, (14, 14)), tokens, atol=1e-5)
+    assert float(jnp.max(jnp.abs(spliced - clean))) > 0.1

@@ -17,8 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 CONDITIONS = ("self", "cross", "mean", "baseline")
 
 
-def _cell(value: float) -> str:
-    return "nan" if not math.isfinite(value) else f"{value:.3f}"
+def _cell(value: float, general: bool = False) -> str:
+    if not math.isfinite(value):
+        return "nan"
+    return f"{value:.3g}" if general else f"{value:.3f}"
 
 
 def format_table(rows: Sequence[Mapping]) -> str:
