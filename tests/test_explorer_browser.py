@@ -122,7 +122,10 @@ def test_planted_usae_site_in_chromium(driver, tmp_path):
     assert set(index["concepts"]["label"]) <= {"shared", "specific", "packed", "none"}
 
     _ready(driver, browser.page_url(site))
-    assert driver.execute_script("return document.querySelectorAll('#concepts th').length") == 11
+    # 11 concept measures + the model-diffing columns (relative norm and latent scaling per model,
+    # class, artefact flag: usae_jax.analysis.explorer.measures.diffing_columns).
+    columns = 11 + 2 * len(MODELS) + 2
+    assert driver.execute_script("return document.querySelectorAll('#concepts th').length") == columns
     firing = [i for i in range(48) if any(index["concepts"]["firing_rate"][m][i] for m in MODELS)]
     assert sorted(_page_ids(driver)) == firing  # firing only (the default), 48 < one page
     entropy = index["concepts"]["firing_entropy"]

