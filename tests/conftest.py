@@ -1,9 +1,21 @@
 """Test setup: 8 fake CPU devices (set before JAX is imported) and shared fixtures."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    # One persistent compilation cache for the whole test session: made by the first process
+    # (the xdist controller, before it starts its workers), inherited by the workers and by the
+    # subprocesses tests launch, removed at the end. Many tests compile the same tiny programs.
+    _cache = tempfile.mkdtemp(prefix="usae-jax-test-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import dataclasses  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -102,3 +102,24 @@ def test_bad_arguments_raise():
         top_half_mask(jnp.zeros((4,)), 2)
     with pytest.raises(TypeError, match="float32"):
         top_half_mask(jnp.zeros((2, 4), jnp.int32), 2)
+
+
+@pytest.mark.parametrize("crowded_rows", [0, 1, 7])
+def test_rows_with_few_candidates_skip_the_search_and_stay_exact(crowded_rows):
+    """No row with more than n/2 non-zero candidates: the radix select is skipped (lax.cond);
+    one or more such rows: it runs for the batch. Both equal the top_k reference."""
+    n = 64
+    pre = np.array(jax.random.normal(jax.random.key(3), (16, n)))
+    pre[:, n // 4 :] = -np.abs(pre[:, n // 4 :])  # n/4 candidates at most per row
+    pre[:crowded_rows] = np.abs(pre[:crowded_rows]) + 0.1  # every entry a candidate
+    pre = jnp.asarray(pre)
+    codes = jnp.where(pre > 1.0, pre, 0.0)
+    got = jax.jit(auxiliary_codes)(pre, codes)
+    want = top_half_codes_by_sort(pre, codes)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    kept = np.sum(np.asarray(got) != 0, axis=1)
+    assert np.all(kept[:crowded_rows] == n // 2)
+    assert np.all(kept[crowded_rows:] <= n // 4)
+    assert np.all(
+        kept[crowded_rows:] == np.sum(np.asarray(jax.nn.relu(pre) - codes)[crowded_rows:] > 0, 1)
+    )

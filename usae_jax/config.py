@@ -300,6 +300,12 @@ class TrainConfig:
     eval_rows: int = 4096
     """Rows used for the R² matrix in logs and the final report (from the start of the source)."""
 
+    steps_per_dispatch: int = 1
+    """Training steps run inside one jitted ``lax.scan`` (their batches staged on the devices as
+    ``[steps, batch_rows, width]``); 1 dispatches every step on its own. The math is the same
+    (``tests/test_chunked_steps.py``): it only removes per-step dispatch and host overhead, which
+    dominates small models. Must divide ``log_every`` and ``checkpoint_every``."""
+
     progress_bar: bool = True
     """Show progress: a tqdm bar on a terminal, a plain line every 10% of the steps (or every
     60 s) when stderr is not a terminal (CI, ``nohup`` logs)."""
@@ -346,6 +352,15 @@ class TrainConfig:
         require(self.checkpoint_every > 0, "checkpoint_every", self.checkpoint_every, "> 0")
         require(self.keep_checkpoints > 0, "keep_checkpoints", self.keep_checkpoints, "> 0")
         require(self.log_every > 0, "log_every", self.log_every, "must be > 0")
+        require(
+            self.steps_per_dispatch > 0
+            and self.log_every % self.steps_per_dispatch == 0
+            and self.checkpoint_every % self.steps_per_dispatch == 0,
+            "steps_per_dispatch",
+            self.steps_per_dispatch,
+            f"must be > 0 and divide log_every={self.log_every} and "
+            f"checkpoint_every={self.checkpoint_every}",
+        )
         require(self.eval_rows > 1, "eval_rows", self.eval_rows, "must be > 1")
 
     def total_steps(self, num_rows: int) -> int:

@@ -47,6 +47,7 @@ OPERATIONAL_FIELDS = (
     "log_every",
     "eval_rows",
     "progress_bar",
+    "steps_per_dispatch",
 )
 """TrainConfig fields that change how a run is executed or reported, not what it computes: a
 run may be resumed with different values of these."""

@@ -89,6 +89,23 @@ def shard_rows(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]
     return jax.device_put(batch, sharding)
 
 
+def chunk_row_sharded(mesh: Mesh) -> NamedSharding:
+    """A chunk of batches ``[steps, rows, d]``: rows (axis 1) split over ``"data"``."""
+    return NamedSharding(mesh, PartitionSpec(None, DATA))
+
+
+def shard_chunk_rows(chunk: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host chunk ``{name: [T, B, d]}`` -> device arrays split along rows (axis 1) over
+    ``"data"``; with several processes each passes its own ``B / process_count`` rows."""
+    sharding = chunk_row_sharded(mesh)
+    if jax.process_count() > 1:
+        return {
+            name: jax.make_array_from_process_local_data(sharding, rows)
+            for name, rows in chunk.items()
+        }
+    return jax.device_put(chunk, sharding)
+
+
 def must_block_each_step(mesh: Mesh) -> bool:
     """Whether to wait for each step before dispatching the next.
 

@@ -45,6 +45,35 @@ def prefetch_to_mesh(
         def place(host):
             return {k: jax.device_put(v, sharding) for k, v in host.items()}
 
+    return read_ahead(
+        steps, lambda step: (step, place(source.batch(step, batch_rows, seed))), depth
+    )
+
+
+def prefetch_chunks_to_mesh(
+    source,
+    chunks: Iterable[range],
+    batch_rows: int,
+    seed: int,
+    place: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
+    depth: int = 2,
+) -> Iterator[tuple[range, dict[str, jax.Array]]]:
+    """Yield ``(steps, {name: jax.Array [len(steps), batch_rows, width]})``: the batches of a
+    range of steps stacked on a leading axis (the same rows as :func:`prefetch_to_mesh` gives
+    step by step) and placed by ``place`` (e.g. :func:`usae_jax.parallel.mesh.shard_chunk_rows`).
+    """
+
+    def stacked(steps: range):
+        hosts = [source.batch(step, batch_rows, seed) for step in steps]
+        chunk = {name: np.stack([host[name] for host in hosts]) for name in hosts[0]}
+        return steps, place(chunk)
+
+    return read_ahead(chunks, stacked, depth)
+
+
+def read_ahead(items: Iterable, produce: Callable, depth: int = 2) -> Iterator:
+    """Yield ``produce(item)`` for each item, computed on a background thread at most ``depth``
+    items ahead. Errors in the thread are re-raised here; closing the generator stops it."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     buffer: queue.Queue = queue.Queue(maxsize=depth)
@@ -61,10 +90,8 @@ def prefetch_to_mesh(
 
     def work():
         try:
-            for step in steps:
-                host = source.batch(step, batch_rows, seed)
-                device = place(host)
-                if not put((step, device)):
+            for item in items:
+                if not put(produce(item)):
                     return
             put(_DONE)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer

@@ -23,13 +23,15 @@ from usae_jax.parallel.concept import sharded_ops
 from usae_jax.parallel.hosts import ProcessShare
 from usae_jax.parallel.mesh import (
     DATA,
+    chunk_row_sharded,
     make_training_mesh,
     must_block_each_step,
     replicated,
     row_sharded,
+    shard_chunk_rows,
     shard_rows,
 )
-from usae_jax.parallel.prefetch import prefetch_to_mesh
+from usae_jax.parallel.prefetch import prefetch_chunks_to_mesh, prefetch_to_mesh
 from usae_jax.progress import progress
 from usae_jax.train.checkpoint import Checkpointer
 from usae_jax.train.metrics import dead_fraction, evaluate, r2_label
@@ -68,24 +70,35 @@ class TrainResult:
 class StepRunner:
     """Jitted, sharded, donated steps; one compilation per source model (or one for "all").
 
-    ``traces`` counts how often each step function was traced, so tests can pin compilations.
+    With ``config.steps_per_dispatch > 1`` a chunk of steps runs inside one jitted
+    ``lax.scan`` instead (``lax.switch`` over the per-source bodies, the branch index of each
+    step drawn on the host as before and passed as data): one compilation per chunk length.
+    ``traces`` counts how often a step body was traced, so tests can pin compilations.
     """
 
     def __init__(self, config: config_lib.TrainConfig, optimizers: dict, mesh, state_sharding):
         self.config = config
         self.mesh = mesh
         self.traces = 0
-        batch_sharding = row_sharded(mesh)
         self._plan = make_steps(config, optimizers, sharded_ops(mesh))
-        self._steps = {
-            key: jax.jit(
-                self._counted(body),
-                in_shardings=(state_sharding, batch_sharding),
+        self._keys = list(self._plan.bodies)
+        if config.steps_per_dispatch == 1:
+            self._steps = {
+                key: jax.jit(
+                    self._counted(body),
+                    in_shardings=(state_sharding, row_sharded(mesh)),
+                    out_shardings=(state_sharding, replicated(mesh)),
+                    donate_argnums=(0,),
+                )
+                for key, body in self._plan.bodies.items()
+            }
+        else:
+            self._chunk = jax.jit(
+                self._scanned([self._counted(self._plan.bodies[k]) for k in self._keys]),
+                in_shardings=(state_sharding, chunk_row_sharded(mesh), replicated(mesh)),
                 out_shardings=(state_sharding, replicated(mesh)),
                 donate_argnums=(0,),
             )
-            for key, body in self._plan.bodies.items()
-        }
         self._block = must_block_each_step(mesh)
 
     def _counted(self, body):
@@ -95,15 +108,44 @@ class StepRunner:
 
         return counted
 
+    @staticmethod
+    def _scanned(branches):
+        """``(state, {name: [T, B, d]}, branch [T]) -> (state, metrics of the last step)``."""
+
+        def one(state, inputs):
+            batch, branch = inputs
+            if len(branches) == 1:
+                return branches[0](state, batch)
+            return jax.lax.switch(branch, branches, state, batch)
+
+        def chunk(state, batches, branch):
+            state, metrics = jax.lax.scan(one, state, (batches, branch))
+            return state, jax.tree.map(lambda m: m[-1], metrics)
+
+        return chunk
+
     def source_of(self, step: int) -> str | None:
         """The source model of ``step`` (None when every model is encoded every step)."""
         return self._plan.key_of(step)
 
-    def __call__(self, state: TrainState, batch: dict, step: int):
-        state, metrics = self._steps[self.source_of(step)](state, batch)
+    def __call__(self, state: TrainState, batch: dict, steps: range):
+        """Run ``steps`` (one step, or a chunk whose batches are stacked ``[T, B, d]``)."""
+        if self.config.steps_per_dispatch == 1:
+            (step,) = steps
+            state, metrics = self._steps[self.source_of(step)](state, batch)
+        else:
+            branch = np.asarray([self._keys.index(self.source_of(s)) for s in steps], np.int32)
+            state, metrics = self._chunk(state, batch, branch)
         if self._block:
             jax.block_until_ready(state)
         return state, metrics
+
+
+def step_chunks(start: int, end: int, size: int) -> list[range]:
+    """The steps ``[start, end)`` cut at multiples of ``size`` (so a resumed run, which starts
+    at a checkpoint, runs the same chunks as an uninterrupted one)."""
+    edges = [start, *range((start // size + 1) * size, end, size), end]
+    return [range(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 def _check_finite(value: float, first_step: int, last_step: int) -> None:
@@ -168,18 +210,28 @@ def train(
     bar = progress(
         total_steps, initial=start, desc="train USAE", unit="step", enabled=config.progress_bar
     )
-    batches = prefetch_to_mesh(
-        ProcessShare(source),
-        range(start, end),
-        config.batch_rows,
-        config.seed,
-        place=lambda host: shard_rows(host, mesh),
-    )
+    if config.steps_per_dispatch == 1:
+        batches = prefetch_to_mesh(
+            ProcessShare(source),
+            range(start, end),
+            config.batch_rows,
+            config.seed,
+            place=lambda host: shard_rows(host, mesh),
+        )
+    else:
+        batches = prefetch_chunks_to_mesh(
+            ProcessShare(source),
+            step_chunks(start, end, config.steps_per_dispatch),
+            config.batch_rows,
+            config.seed,
+            place=lambda host: shard_chunk_rows(host, mesh),
+        )
     try:
-        for step, batch in batches:
-            state, metrics = runner(state, batch, step)
-            done = step + 1
-            bar.update(1)
+        for steps, batch in batches:
+            steps = range(steps, steps + 1) if isinstance(steps, int) else steps
+            state, metrics = runner(state, batch, steps)
+            step, done = steps[-1], steps.stop
+            bar.update(len(steps))
             # Lines follow the schedule only (not ``stop_after``), so an interrupted and resumed
             # run writes exactly the lines of an uninterrupted one.
             if done % config.log_every == 0 or done == total_steps:

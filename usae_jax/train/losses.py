@@ -101,8 +101,17 @@ def auxiliary_codes(
         # bit test, not `!= 0`: denormals count as non-zero even where they are flushed
         bits = jax.lax.bitcast_convert_type(unchosen.astype(jnp.float32), jnp.uint32)
         nonzero = (bits << 1) != 0
-        mask = top_half_mask(unchosen, unchosen.shape[1] // 2) & nonzero
-        return jnp.where(jax.lax.stop_gradient(mask), unchosen, 0.0)
+        keep = unchosen.shape[1] // 2
+        # Exact shortcut: a row with at most `keep` non-zero candidates keeps all of them (top_k
+        # would add only zeros), so the radix select runs only when some row has more.
+        crowded = jnp.any(jnp.sum(nonzero, axis=1, dtype=jnp.int32) > keep)
+        mask = jax.lax.cond(
+            crowded,
+            lambda values: top_half_mask(values, keep) & nonzero,
+            lambda values: nonzero,
+            jax.lax.stop_gradient(unchosen),
+        )
+        return jnp.where(mask, unchosen, 0.0)
     if rule == "dead_latents":
         if dead_mask is None:
             raise ValueError('rule="dead_latents" needs a dead_mask of shape [n]')
