@@ -224,8 +224,10 @@ def analyze(
         saes = train_independent_saes(
             config,
             fit_arrays,
-            out / f"independent_saes_{analysis.baseline.num_steps}_steps",
+            out / f"independent_saes_{analysis.baseline.num_steps}_steps"
+            + ("" if analysis.baseline.sae_seed is None else f"_seed{analysis.baseline.sae_seed}"),
             analysis.baseline.num_steps,
+            analysis.baseline.sae_seed,
         )
         usae_atoms = {
             n: np.asarray(normalize_dictionary(params["models"][n]["dictionary"])) for n in names
@@ -234,6 +236,7 @@ def analyze(
             usae_atoms, saes, statistics.fire_counts, entropy, analysis.baseline, planted_matches
         )
         baseline["num_steps"] = analysis.baseline.num_steps
+        baseline["sae_seed"] = analysis.baseline.sae_seed
         if planted is not None:
             baseline["planted_specific_recovery"] = {
                 n: mean_max_cosine(saes[n], planted.specific_directions[n]) for n in names
