@@ -62,7 +62,7 @@ def tiny_config(**overrides) -> rn.RealNetworksConfig:
         ),
         analysis=AnalysisConfig(
             statistics=StatisticsConfig(batch_rows=64),
-            baseline=BaselineConfig(num_steps=4),
+            baseline=BaselineConfig(num_steps=4, sae_seed=1),
             controls=ControlConfig(num_steps=4),
             num_example_concepts=1,
         ),
@@ -135,6 +135,7 @@ def test_pipeline_end_to_end(finished):
     assert json.loads((run / "summary.json").read_text())["held_out"] == held
     analysis = json.loads((run / "analysis" / "analysis.json").read_text())
     assert analysis["baselines_trained_on"] == "separate rows"
+    assert (run / "analysis" / "independent_saes_4_steps_seed1").is_dir()
     assert "held-out R²" in lines[-1] and "controls" in lines[-1]
     table = compare_budgets({"a": summary, "b": summary})
     assert "| co-fires per token | " in table and "+0.000" in table
