@@ -6,22 +6,24 @@ normalisation of BGR CNNs, a given standardisation)."""
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from usae_jax.analysis.baseline import BaselineConfig
+from usae_jax.analysis.baseline import BaselineConfig, match_dictionaries, train_independent_saes
 from usae_jax.analysis.cam.optimize import CAMConfig, normalise_pixels
 from usae_jax.analysis.controls import ControlConfig
 from usae_jax.analysis.explorer.measures import ExplorerConfig
 from usae_jax.analysis.report import AnalysisConfig
 from usae_jax.analysis.statistics import StatisticsConfig
 from usae_jax.backbones import cnn, efficientnet_lite, open_nsfw
-from usae_jax.config import TrainConfig, USAEConfig
+from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
 from usae_jax.data import images as image_sources
 from usae_jax.data.source import ArraySource, Standardisation
 from usae_jax.data.store import read_manifest
+from usae_jax.model.params import init_params
 from usae_jax.pipelines import real_networks as rn
 from usae_jax.pipelines.real_networks_summary import compare_budgets
 
@@ -60,7 +62,7 @@ def tiny_config(**overrides) -> rn.RealNetworksConfig:
         ),
         analysis=AnalysisConfig(
             statistics=StatisticsConfig(batch_rows=64),
-            baseline=BaselineConfig(num_steps=4),
+            baseline=BaselineConfig(num_steps=4, sae_seed=1),
             controls=ControlConfig(num_steps=4),
             num_example_concepts=1,
         ),
@@ -133,6 +135,7 @@ def test_pipeline_end_to_end(finished):
     assert json.loads((run / "summary.json").read_text())["held_out"] == held
     analysis = json.loads((run / "analysis" / "analysis.json").read_text())
     assert analysis["baselines_trained_on"] == "separate rows"
+    assert (run / "analysis" / "independent_saes_4_steps_seed1").is_dir()
     assert "held-out R²" in lines[-1] and "controls" in lines[-1]
     table = compare_budgets({"a": summary, "b": summary})
     assert "| co-fires per token | " in table and "+0.000" in table
@@ -220,3 +223,20 @@ def test_array_source_takes_a_given_standardisation():
     np.testing.assert_allclose(rows, (arrays["a"] - 1.0) / 2.0)
     with pytest.raises(ValueError, match="no statistics"):
         ArraySource({"b": arrays["a"]}, standardisation=given)
+
+
+def test_independent_sae_seed_breaks_the_shared_start(tmp_path):
+    """With the USAE's seed the first model's SAE starts from the USAE's first dictionary, so a
+    barely trained pair matches by construction; ``sae_seed`` removes that."""
+    usae = USAEConfig(model_names=("a", "b"), widths=(48, 8), num_concepts=8, top_k=2)
+    config = TrainConfig(usae=usae, optim=OptimConfig(learning_rate=1e-7), batch_rows=32,
+                         num_steps=1, checkpoint_every=1, progress_bar=False)  # fmt: skip
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.normal(size=(64, 48)), "b": rng.normal(size=(64, 8))}
+    start, _ = init_params(jax.random.key(config.seed), usae)
+    matched = {}
+    for seed in (None, 7):
+        saes = train_independent_saes(config, arrays, tmp_path / str(seed), 1, seed)
+        matched[seed] = match_dictionaries(start["models"]["a"]["dictionary"], saes["a"]).matched
+    assert matched[None].all()
+    assert not matched[7].any()  # random 48-d atoms: chance cosines stay below 0.5

@@ -60,7 +60,8 @@ def get_config(budget: str = "default") -> RealNetworksConfig:
             eval_rows=8192,
         ),
         analysis=AnalysisConfig(
-            baseline=BaselineConfig(num_steps=100 if small else 200),
+            # Another seed than the USAE's: see BaselineConfig.sae_seed.
+            baseline=BaselineConfig(num_steps=100 if small else 200, sae_seed=1),
             controls=ControlConfig(num_steps=100 if small else 200),
             num_example_concepts=8,
             image_crop_patches=None,

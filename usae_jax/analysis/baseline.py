@@ -45,6 +45,13 @@ class BaselineConfig:
     seed: int = 0
     """Seed of the random-atom chance baseline."""
 
+    sae_seed: int | None = None
+    """Seed of the independent SAEs' training (initialisation and data order); None: the USAE's
+    own seed. Model ``m``'s parameters start from ``fold_in(key(seed), m)``, so with the USAE's
+    seed the first model's SAE starts from exactly the USAE's first dictionary: after a short
+    training both are still near that start and match by construction (a real-network run at
+    100 steps matched 100% for the first model and 0% for the others). Set another seed there."""
+
     def __post_init__(self):
         require(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1")
         require(-1 <= self.match_cosine <= 1, "match_cosine", self.match_cosine, "in [-1, 1]")
@@ -104,13 +111,17 @@ def random_atoms_like(dictionary: np.ndarray, seed: int = 0) -> np.ndarray:
     return dictionary.mean() + dictionary.std() * rng.standard_normal(dictionary.shape)
 
 
-def independent_sae_config(config: TrainConfig, name: str, num_steps: int) -> TrainConfig:
-    """The USAE's training config restricted to model ``name`` (``M = 1``), for ``num_steps``."""
+def independent_sae_config(
+    config: TrainConfig, name: str, num_steps: int, seed: int | None = None
+) -> TrainConfig:
+    """The USAE's training config restricted to model ``name`` (``M = 1``), for ``num_steps``,
+    with ``seed`` (None: the USAE's)."""
     width = config.usae.width_of(name)
     usae = dataclasses.replace(config.usae, model_names=(name,), widths=(width,))
     return replace_fields(
         dataclasses.replace(config, usae=usae, checkpoint_every=num_steps, progress_bar=False),
         num_steps=num_steps,
+        seed=seed,
     )
 
 
@@ -119,15 +130,17 @@ def train_independent_saes(
     arrays: dict[str, np.ndarray],
     workdir: str | os.PathLike,
     num_steps: int,
+    seed: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Train one SAE per model into ``workdir/<name>``; return ``{name: unit dictionary [n, d]}``.
+    ``seed``: :attr:`BaselineConfig.sae_seed`.
 
     Each SAE sees its model's activations standardised exactly as the USAE's training did (one
     scalar mean and std per model, fitted on the same array).
     """
     dictionaries = {}
     for name in config.usae.model_names:
-        single = independent_sae_config(config, name, num_steps)
+        single = independent_sae_config(config, name, num_steps, seed)
         result = train(single, os.path.join(workdir, name), ArraySource({name: arrays[name]}))
         raw = jax.device_get(result.state.params["models"][name]["dictionary"])
         dictionaries[name] = np.asarray(normalize_dictionary(raw))

@@ -140,6 +140,12 @@ def _examples(config, params, stats, source, statistics, ranked, tokens, out_dir
     return listed, pngs
 
 
+def _baseline_folder(baseline: BaselineConfig) -> str:
+    """Where the independent SAEs of ``baseline`` are trained (reused by a rerun)."""
+    seed = "" if baseline.sae_seed is None else f"_seed{baseline.sae_seed}"
+    return f"independent_saes_{baseline.num_steps}_steps{seed}"
+
+
 def analyze(
     workdir: str | os.PathLike,
     arrays: dict[str, np.ndarray],
@@ -224,8 +230,9 @@ def analyze(
         saes = train_independent_saes(
             config,
             fit_arrays,
-            out / f"independent_saes_{analysis.baseline.num_steps}_steps",
+            out / _baseline_folder(analysis.baseline),
             analysis.baseline.num_steps,
+            analysis.baseline.sae_seed,
         )
         usae_atoms = {
             n: np.asarray(normalize_dictionary(params["models"][n]["dictionary"])) for n in names
@@ -234,6 +241,7 @@ def analyze(
             usae_atoms, saes, statistics.fire_counts, entropy, analysis.baseline, planted_matches
         )
         baseline["num_steps"] = analysis.baseline.num_steps
+        baseline["sae_seed"] = analysis.baseline.sae_seed
         if planted is not None:
             baseline["planted_specific_recovery"] = {
                 n: mean_max_cosine(saes[n], planted.specific_directions[n]) for n in names
