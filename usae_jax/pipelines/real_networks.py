@@ -18,9 +18,8 @@ once a stage runs, every later stage runs too):
    concept of each network in that network.
 6. ``explore``: the explorer site of the run on the held-out views (and its screenshots).
 
-``stages.json`` keeps each stage's wall time, the process's peak memory after it and the load
-average around it; ``summary.json`` (:mod:`usae_jax.pipelines.real_networks_summary`) every
-number.
+``stages.json`` (:mod:`usae_jax.pipelines.stages`) keeps what each stage took;
+``summary.json`` (:mod:`usae_jax.pipelines.real_networks_summary`) every number.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +49,7 @@ from usae_jax.data.gather import GatherConfig, gather
 from usae_jax.data.loader import StoreSource, manifest_standardisation
 from usae_jax.data.store import Store, read_manifest
 from usae_jax.pipelines import real_networks_summary as summaries
+from usae_jax.pipelines.stages import Stages, peak_memory_mb
 from usae_jax.pipelines.train_and_report import train_and_report
 from usae_jax.validation import require
 
@@ -141,45 +140,6 @@ class RealNetworksConfig:
             require(value >= 1, field, value, "must be >= 1")
         require(self.cam_universal >= 0, "cam_universal", self.cam_universal, "must be >= 0")
         require(self.cam_unique >= 0, "cam_unique", self.cam_unique, "must be >= 0")
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far (``resource.getrusage``; Linux: KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-class Stages:
-    """``stages.json``: per stage its wall time, peak memory and load average when it ran."""
-
-    def __init__(self, workdir: Path, log: Callable[[str], None]):
-        self.path = workdir / "stages.json"
-        self.records = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.log = log
-        self.skipped: list[str] = []
-        self.ran: list[str] = []
-
-    def run(self, name: str, done: Callable[[], bool], body: Callable[[], dict | None]) -> None:
-        """Run ``body`` unless ``done()`` and no earlier stage ran in this invocation (a stage
-        that reruns makes every later one rerun); record what it took."""
-        number = f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name}"
-        if not self.ran and done():
-            self.skipped.append(name)
-            self.log(f"{number}: complete, skipped")
-            return
-        self.log(f"{number}: running")
-        load_before, tic = os.getloadavg()[0], time.perf_counter()
-        self.ran.append(name)
-        extra = body() or {}
-        self.records[name] = {
-            "seconds": round(time.perf_counter() - tic, 1),
-            "peak_rss_mb_after": peak_memory_mb(),
-            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            **extra,
-        }
-        self.path.write_text(json.dumps(self.records, indent=2))
-        self.log(f"{number}: done in {self.records[name]['seconds']:.0f} s, "
-                 f"peak memory {self.records[name]['peak_rss_mb_after']:.0f} MB")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -294,7 +254,7 @@ def run(
     workdir.mkdir(parents=True, exist_ok=True)
     given = Path(images) if images is not None else None
     paths = Paths(workdir, given if given is not None and _gathered(given) else workdir / "images")
-    stages = Stages(workdir, log)
+    stages = Stages(workdir, STAGES, log)
     backbones: dict[str, object] = {}
 
     def backbone(network: Network):
