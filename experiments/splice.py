@@ -14,6 +14,7 @@ Heads: EfficientNet-Lite0's ImageNet classifier, open_nsfw's 2 classes, the img-
 saliency head (one Bernoulli per pixel). Writes OUT.json and OUT.png.
 """
 
+import json
 import os
 import time
 
@@ -37,6 +38,17 @@ flags.DEFINE_integer("batch_images", 8, "Images per forward pass (>= 2).")
 flags.DEFINE_integer("per_group", 16, "Concepts ablated per group (universal, unique).")
 flags.DEFINE_bool("effects", True, "Measure per-concept ablation effects.")
 flags.DEFINE_string("out", None, "Output prefix (default: WORKDIR/splice).")
+flags.DEFINE_string(
+    "report",
+    None,
+    "An analysis report.md to put the splice section into (replacing an earlier one).",
+)
+flags.DEFINE_bool(
+    "reuse",
+    False,
+    "Read OUT.json of an earlier run instead of splicing again "
+    "(to print it or put it into --report).",
+)
 flags.mark_flags_as_required(["workdir", "store"])
 FLAGS = flags.FLAGS
 
@@ -55,7 +67,11 @@ def main(argv):
                              effects=FLAGS.effects,
                              effect=EffectConfig(per_group=FLAGS.per_group))  # fmt: skip
     out = FLAGS.out or os.path.join(FLAGS.workdir, "splice")
-    report = splice_networks(FLAGS.workdir, FLAGS.store, specs, source, out, config)
+    if FLAGS.reuse:
+        with open(out + ".json") as handle:
+            report = json.load(handle)
+    else:
+        report = splice_networks(FLAGS.workdir, FLAGS.store, specs, source, out, config)
     print(f"splice of USAE step {report['usae_step']} on {report['images']} images")
     print(splice_report.format_table(report["table"]))
     if "effects" in report:
@@ -64,6 +80,10 @@ def main(argv):
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
     print(f"run time: {seconds}; wall {time.perf_counter() - tic:.0f} s incl. loading")
     print(f"wrote {out}.json, {out}.png")
+    if FLAGS.report:
+        figure = os.path.relpath(out + ".png", os.path.dirname(os.path.abspath(FLAGS.report)))
+        splice_report.add_to_report(FLAGS.report, splice_report.markdown_section(report, figure))
+        print(f"splice section written into {FLAGS.report}")
 
 
 if __name__ == "__main__":

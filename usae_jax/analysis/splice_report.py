@@ -79,3 +79,45 @@ def plot_splice(rows: Sequence[Mapping], agreement: Mapping | None, path: str) -
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+SECTION_TITLE = "## Splicing: does what the USAE reconstructs matter to the network?"
+
+
+def markdown_section(report: Mapping, figure: str | None = None) -> str:
+    """The splice results (``splice_networks``' JSON) as a section of an analysis report."""
+    lines = [
+        SECTION_TITLE,
+        f"USAE step {report['usae_step']}, {report['images']} images. Per ordered pair "
+        "(source -> target): the target's tokens replaced by its own reconstruction (self), by "
+        "the source's code of the same image decoded into the target (cross), by the target's "
+        "mean token (mean), or by the source's code of another image (baseline); KL of the "
+        "target's output to its clean output, KL recovered = 1 - KL / KL(mean), agreement with "
+        "the clean decision.",
+        "",
+        "```",
+        format_table(report["table"]),
+    ]
+    if "effects" in report:
+        lines.append(format_agreement(report["effects"]["agreement"], report["effects"]["groups"]))
+    lines.append("```")
+    seconds = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
+    lines.append(f"Run time: {seconds}.")
+    if figure:
+        lines += ["", f"![splice]({figure})"]
+    return "\n".join(lines) + "\n"
+
+
+def add_to_report(report_md: str, section: str) -> None:
+    """Put ``section`` into the markdown file ``report_md``, replacing an earlier splice
+    section (from its title to the next ``## `` heading) or appending it."""
+    with open(report_md) as handle:
+        text = handle.read()
+    start = text.find(SECTION_TITLE)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION_TITLE))
+        text = text[:start] + section + ("" if end < 0 else text[end + 1 :])
+    with open(report_md, "w") as handle:
+        handle.write(text)
