@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from usae_jax.config_io import replace_fields
 from usae_jax.train.loop import step_chunks, train
 
 
@@ -25,13 +26,23 @@ def test_step_chunks_cut_at_multiples_of_the_size():
     assert sum(len(r) for r in step_chunks(5, 1000, 7)) == 995
 
 
-@pytest.mark.parametrize("sampling", ["random_one", "all"])
-def test_chunked_steps_equal_single_steps_bitwise(tiny_planted, tiny_config, tmp_path, sampling):
+FAMILY = {
+    "usae_random_one": ({}, 3),
+    "usae_all": (dict(source_sampling="all"), 1),
+    "usae_concept_sharded": (dict(concept_parallel=2), 3),
+    "crosscoder": (dict(architecture="crosscoder", loss="l2_auxk", source_sampling="all"), 1),
+    "sparc": (dict(architecture="sparc", loss="l2_auxk", aux="dead_latents"), 1),
+}
+
+
+@pytest.mark.parametrize("recipe", list(FAMILY))
+def test_chunked_steps_equal_single_steps_bitwise(tiny_planted, tiny_config, tmp_path, recipe):
+    overrides, bodies = FAMILY[recipe]
     # 10 steps in chunks of 4: two whole chunks and a tail of 2 (a second compilation).
-    base = dict(num_steps=10, log_every=4, checkpoint_every=8, source_sampling=sampling)
-    single = train(tiny_config(**base), tmp_path / "single", tiny_planted.source(), plots=False)
+    base = replace_fields(tiny_config(num_steps=10, log_every=4, checkpoint_every=8), **overrides)
+    single = train(base, tmp_path / "single", tiny_planted.source(), plots=False)
     chunked = train(
-        tiny_config(**base, steps_per_dispatch=4),
+        replace_fields(base, steps_per_dispatch=4),
         tmp_path / "chunked",
         tiny_planted.source(),
         plots=False,
@@ -39,7 +50,6 @@ def test_chunked_steps_equal_single_steps_bitwise(tiny_planted, tiny_config, tmp
     for a, b in zip(_leaves(single.state), _leaves(chunked.state), strict=True):
         np.testing.assert_array_equal(a, b)
     assert _metric_lines(tmp_path / "single") == _metric_lines(tmp_path / "chunked")
-    bodies = 3 if sampling == "random_one" else 1
     # Each body is traced once (the scan reuses it for the tail chunk), not once per step.
     assert chunked.compilations == bodies
 
