@@ -78,7 +78,10 @@ def main(argv):
         effects = report["effects"]
         print(splice_report.format_agreement(effects["agreement"], effects["groups"]))
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
-    print(f"run time: {seconds}; wall {time.perf_counter() - tic:.0f} s incl. loading")
+    if FLAGS.reuse:
+        print(f"run time (of the run that wrote {out}.json): {seconds}")
+    else:
+        print(f"run time: {seconds}; wall {time.perf_counter() - tic:.0f} s incl. loading")
     print(f"wrote {out}.json, {out}.png")
     if FLAGS.report:
         figure = os.path.relpath(out + ".png", os.path.dirname(os.path.abspath(FLAGS.report)))
