@@ -128,8 +128,10 @@ class StepRunner:
         """The source model of ``step`` (None when every model is encoded every step)."""
         return self._plan.key_of(step)
 
-    def __call__(self, state: TrainState, batch: dict, steps: range):
-        """Run ``steps`` (one step, or a chunk whose batches are stacked ``[T, B, d]``)."""
+    def __call__(self, state: TrainState, batch: dict, steps: int | range):
+        """Run ``steps``: one step (an int, or a range of one), or with ``steps_per_dispatch >
+        1`` a range of steps whose batches are stacked ``[len(steps), B, d]``."""
+        steps = range(steps, steps + 1) if isinstance(steps, int) else steps
         if self.config.steps_per_dispatch == 1:
             (step,) = steps
             state, metrics = self._steps[self.source_of(step)](state, batch)
