@@ -80,13 +80,7 @@ def shard_rows(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]
     With several processes each passes its own rows (``B / process_count`` of them) and the
     global array is assembled from the process-local parts.
     """
-    sharding = row_sharded(mesh)
-    if jax.process_count() > 1:
-        return {
-            name: jax.make_array_from_process_local_data(sharding, rows)
-            for name, rows in batch.items()
-        }
-    return jax.device_put(batch, sharding)
+    return _place(batch, row_sharded(mesh))
 
 
 def chunk_row_sharded(mesh: Mesh) -> NamedSharding:
@@ -97,13 +91,16 @@ def chunk_row_sharded(mesh: Mesh) -> NamedSharding:
 def shard_chunk_rows(chunk: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Host chunk ``{name: [T, B, d]}`` -> device arrays split along rows (axis 1) over
     ``"data"``; with several processes each passes its own ``B / process_count`` rows."""
-    sharding = chunk_row_sharded(mesh)
+    return _place(chunk, chunk_row_sharded(mesh))
+
+
+def _place(arrays: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     if jax.process_count() > 1:
         return {
             name: jax.make_array_from_process_local_data(sharding, rows)
-            for name, rows in chunk.items()
+            for name, rows in arrays.items()
         }
-    return jax.device_put(chunk, sharding)
+    return jax.device_put(arrays, sharding)
 
 
 def must_block_each_step(mesh: Mesh) -> bool:
