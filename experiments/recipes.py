@@ -14,7 +14,7 @@ import time
 from absl import app, flags
 
 from experiments.configs import planted_hard
-from usae_jax.config import replace_fields
+from usae_jax.config_io import replace_fields
 from usae_jax.data.synthetic.planted import generate_planted
 from usae_jax.pipelines.recipes import RECIPES, best_recipe, format_table, meets_aim, run_recipe
 
