@@ -41,3 +41,15 @@ def test_every_recipe_is_a_valid_config(recipe):
     base = TrainConfig(usae=USAEConfig(num_concepts=256, top_k=8), num_steps=10)
     config = replace_fields(base, **recipe.overrides)
     assert config.usae.architecture in ("usae", "sparc", "crosscoder")
+
+
+def test_best_recipe_preset_is_the_table_row():
+    """``--config=crosscoder_batchtopk`` trains exactly the table's best row on its data."""
+    from experiments.configs import crosscoder_batchtopk, planted_hard
+
+    config = crosscoder_batchtopk.get_config()
+    base = replace_fields(planted_hard.get_config(), num_steps=crosscoder_batchtopk.TABLE_STEPS)
+    assert config == replace_fields(base, **crosscoder_batchtopk.RECIPE.overrides)
+    assert (config.usae.architecture, config.usae.sparsity) == ("crosscoder", "batch_topk")
+    assert config.source_sampling == "all" and config.num_steps == 3000
+    assert crosscoder_batchtopk.get_planted() == planted_hard.get_planted()

@@ -134,6 +134,7 @@ def run_recipe(base: TrainConfig, recipe: Recipe, planted: PlantedData, workdir)
     run_dir = os.path.join(workdir, recipe.name)
     shutil.rmtree(run_dir, ignore_errors=True)
     config = replace_fields(base, **recipe.overrides)
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     result = train(config, run_dir, planted.source(), plots=False)
     seconds = time.perf_counter() - started
@@ -150,6 +151,8 @@ def run_recipe(base: TrainConfig, recipe: Recipe, planted: PlantedData, workdir)
         "steps": steps,
         "ms_per_step": 1000 * seconds / steps,
         "seconds": seconds,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
     }
 
 
