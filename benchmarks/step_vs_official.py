@@ -1,6 +1,6 @@
 """Training-step throughput: usae_jax vs the official algorithm in PyTorch, in one run.
 
-    python benchmarks/step_vs_official.py [--config=paper|small|both] [--steps=3] [--rounds=2]
+    python benchmarks/step_vs_official.py [--config=small,paper,paper4x|both] [--steps=3]
 
 Both sides train on the same synthetic standardised activations with the same configuration.
 The PyTorch side (tests/reference/official_torch.py, checked against the official numbers) computes
@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {
     "paper": dict(widths=(768, 384, 768), num_concepts=6144, top_k=32, batch_rows=6272),
     "small": dict(widths=(256, 128, 256), num_concepts=2048, top_k=16, batch_rows=2048),
+    # The paper config at 4x the concepts (the GPU suite's second point).
+    "paper4x": dict(widths=(768, 384, 768), num_concepts=24576, top_k=32, batch_rows=6272),
 }
 
 
@@ -106,7 +108,7 @@ def make_jax_step(spec, seed=0):
     return step, time.perf_counter() - start
 
 
-def make_torch_step(spec, seed=0):
+def make_torch_step(spec, seed=0, device="cpu"):
     import torch
 
     from tests.reference.official_torch import OfficialUSAE
@@ -118,10 +120,11 @@ def make_torch_step(spec, seed=0):
         total_iters=1000,
         warmup_iters=100,
         seed=seed,
+        device=device,
     )
     rng = np.random.default_rng(seed)
     batch = [
-        torch.from_numpy(rng.standard_normal((spec["batch_rows"], w), np.float32))
+        torch.from_numpy(rng.standard_normal((spec["batch_rows"], w), np.float32)).to(device)
         for w in spec["widths"]
     ]
     picks = np.random.default_rng(seed + 1)
@@ -133,9 +136,10 @@ def make_torch_step(spec, seed=0):
     return step
 
 
-def measure(name, spec, steps, rounds, gemm):
-
-    torch_step = make_torch_step(spec)
+def measure(name, spec, steps, rounds, gemm, device="cpu"):
+    """Median seconds per step of both sides (alternating rounds) and the derived rates; the
+    torch side runs on ``device`` (each step returns its loss as a float, so it is waited for)."""
+    torch_step = make_torch_step(spec, device=device)
     jax_step, compile_seconds = make_jax_step(spec)
     times = {"torch": [], "jax": []}
     for _ in range(rounds):
@@ -165,24 +169,39 @@ def measure(name, spec, steps, rounds, gemm):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="both", choices=["paper", "small", "both"])
+    parser.add_argument(
+        "--config",
+        default="both",
+        help="comma-separated configs (paper, small, paper4x = paper with 4x the concepts) or "
+        "'both' (small,paper)",
+    )
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round and side")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per side")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--bf16", action="store_true", help="also time our bfloat16 option")
+    parser.add_argument(
+        "--torch_device", default="auto", help="torch device: cpu, cuda or auto (cuda if present)"
+    )
     args = parser.parse_args()
+    names = ["small", "paper"] if args.config == "both" else args.config.split(",")
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)} or 'both'")
     import jax
     import torch
 
+    device = args.torch_device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
     torch.set_num_threads(args.threads)
     gemm = gemm_rate()
-    names = ["small", "paper"] if args.config == "both" else [args.config]
     results = []
     for name in names:
-        results.append(measure(name, CONFIGS[name], args.steps, args.rounds, gemm))
+        results.append(measure(name, CONFIGS[name], args.steps, args.rounds, gemm, device))
         if args.bf16:
             spec = {**CONFIGS[name], "compute_dtype": "bfloat16"}
-            results.append(measure(f"{name}+bf16", spec, args.steps, args.rounds, gemm))
+            results.append(measure(f"{name}+bf16", spec, args.steps, args.rounds, gemm, device))
     print(
         f"{'config':<12}{'torch rows/s':>14}{'jax rows/s':>12}{'speedup':>9}"
         f"{'GFLOP/step':>12}{'of GEMM':>9}"
@@ -202,6 +221,7 @@ def main():
         "device": str(jax.devices()[0]),
         "gemm_gflops": round(gemm / 1e9, 1),
         "torch_threads": args.threads,
+        "torch_device": device,
     }
     print(json.dumps({"machine": machine, "results": results}))
 

@@ -69,8 +69,10 @@ def top_k_auxiliary_loss(x, x_hat, pre_codes, codes, dictionary, penalty=0.1, l1
 class CosineScheduler:
     """The official table: ``linspace(start, base, warmup)`` then cosine to ``final``."""
 
-    def __init__(self, optimizer, base, final, total_iters, warmup_iters, start):
+    def __init__(self, optimizer, base, final, total_iters, warmup_iters, start, as_float=False):
         self.optimizer = optimizer
+        # On CUDA, AdamW's default foreach path refuses a tensor learning rate: pass a float.
+        self.as_float = as_float
         warmup = np.linspace(start, base, warmup_iters)
         iters = np.arange(total_iters - warmup_iters)
         cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))
@@ -81,11 +83,12 @@ class CosineScheduler:
         self.iter += 1
         lr = self.schedule[self.iter] if self.iter < self.total_iters else self.final
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = float(lr) if self.as_float else lr
 
 
 class OfficialUSAE:
-    """M models, one AdamW + scheduler each, and the official training step."""
+    """M models, one AdamW + scheduler each, and the official training step (on ``device``,
+    a torch device name: the CPU for the tests, ``"cuda"`` for the GPU benchmark)."""
 
     def __init__(
         self,
@@ -100,9 +103,10 @@ class OfficialUSAE:
         final_lr=1e-6,
         l1=True,
         seed=0,
+        device="cpu",
     ):
         torch.manual_seed(seed)
-        self.models = [OfficialSAE(w, num_concepts, top_k) for w in widths]
+        self.models = [OfficialSAE(w, num_concepts, top_k).to(device) for w in widths]
         self.optimizers = [
             torch.optim.AdamW(
                 m.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay
@@ -110,7 +114,9 @@ class OfficialUSAE:
             for m in self.models
         ]
         self.schedulers = [
-            CosineScheduler(o, lr, final_lr, total_iters, warmup_iters, start_lr)
+            CosineScheduler(
+                o, lr, final_lr, total_iters, warmup_iters, start_lr, str(device) != "cpu"
+            )
             for o in self.optimizers
         ]
         self.l1 = l1
