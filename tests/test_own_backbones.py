@@ -507,6 +507,32 @@ def test_configs_validate():
         apply(params, jnp.zeros((1, 24, 24, 3)))
 
 
+@pytest.mark.parametrize("offset", [0.0, 0.1])
+def test_position_table_resized_once_at_load_equals_the_run_time_resize(offset):
+    """``convert.vision_backbone`` stores the table resized to the token grid; the model then adds
+    it as is, and computes what the model resizing in every forward pass computes."""
+    block = tr.BlockConfig(width=16, heads=2, mlp_width=32)
+    cfg = tr.VisionConfig(
+        block=block,
+        num_layers=2,
+        image_size=32,
+        patch_size=8,
+        position_grid=7,
+        interpolation="bicubic",
+        interpolation_offset=offset,
+    )
+    apply, params = tr.split(tr.build(cfg, seed=3))
+    bb = convert.vision_backbone("dinov2", cfg, apply, params, {}, ((0.5,) * 3, (0.25,) * 3))
+    assert bb.params["position"].shape == (1, 1 + 4 * 4, 16)
+    assert params["position"].shape == (1, 1 + 7 * 7, 16)  # the caller's dict is untouched
+    pixels = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    states, last = bb.forward(bb.params, pixels)
+    want_states, want_last = apply(params, pixels)
+    np.testing.assert_allclose(last, want_last, rtol=1e-5, atol=1e-5)
+    for got, want in zip(states, want_states, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_tokenizer_from_a_vocab_file(tmp_path):
     """A folder with only a BERT vocab.txt tokenizes like transformers' BertTokenizer."""
     words = [

@@ -158,7 +158,15 @@ def vision_backbone(
     name: str, cfg: tr.VisionConfig, apply: tr.Apply, params: dict, ident, stats
 ) -> base.VisionBackbone:
     """A :class:`~usae_jax.backbones.base.VisionBackbone` over our module (``forward`` is the
-    :class:`~usae_jax.backbones.transformer.Apply`, which also continues from a layer)."""
+    :class:`~usae_jax.backbones.transformer.Apply`, which also continues from a layer).
+
+    A position table stored for another grid is resized here, once
+    (:func:`~usae_jax.backbones.vision_transformer.resize_position_table`), not in every
+    forward pass."""
+    if cfg.table_grid != cfg.grid:
+        cfg, table = tr.resize_position_table(cfg, params["position"])
+        apply, _ = tr.abstract(cfg)
+        params = {**params, "position": table}
     return base.VisionBackbone(
         name=name,
         identity=dict(ident),

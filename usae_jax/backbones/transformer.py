@@ -46,6 +46,7 @@ from usae_jax.backbones.vision_transformer import (
     VisionTransformer,
     resize_grid,
     resize_matrix,
+    resize_position_table,
 )
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "abstract",
     "build",
     "resize_grid",
+    "resize_position_table",
     "resize_matrix",
     "split",
 ]

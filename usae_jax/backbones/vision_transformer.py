@@ -167,6 +167,30 @@ def resize_grid(table: jax.Array, side: int, mode: str, offset: float = 0.0) -> 
     return jnp.einsum("ih,jw,hwc->ijc", m, m, table, precision=jax.lax.Precision.HIGHEST)
 
 
+def resize_position_table(cfg: VisionConfig, table: jax.Array) -> tuple[VisionConfig, jax.Array]:
+    """The position table ``[1, prefix + n * n, d]`` resized once to the token grid ``g``:
+    ``(cfg', table' [1, prefix + g * g, d])`` with ``cfg'`` a model that adds it as is
+    (``position_grid=None``, ``interpolation="none"``).
+
+    The model computes the same thing either way (the resize depends on the weights only), but
+    a stored table of the right size spares every forward pass the resize.
+    """
+    if cfg.table_grid == cfg.grid:
+        return cfg, table
+    n, prefix = cfg.table_grid, int(cfg.class_token)
+    grid = resize_grid(
+        jnp.asarray(table[0, prefix:]).reshape(n, n, -1),
+        cfg.grid,
+        cfg.interpolation,
+        cfg.interpolation_offset,
+    )
+    resized = jnp.concatenate([table[:, :prefix], grid.reshape(1, -1, table.shape[-1])], axis=1)
+    fixed = dataclasses.replace(
+        cfg, position_grid=None, interpolation="none", interpolation_offset=0.0
+    )
+    return fixed, resized
+
+
 class VisionTransformer(nnx.Module):
     """``pixels [B, S, S, C]`` (NHWC, normalised) -> ``(hidden_states, last)``.
 
