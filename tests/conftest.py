@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices (set before JAX is imported) and shared fixtures."""
+"""Test setup: 8 fake CPU devices and XLA's backend optimisation off (both set before JAX is
+imported), a compilation cache, and shared fixtures."""
 
 import atexit
 import os
@@ -6,6 +7,15 @@ import shutil
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The suite compiles hundreds of small programs, and compiling is most of its time: with XLA's
+# backend optimisation off (level 0: the same math, less tuned code) the suite, the default run
+# aside, took 950 s instead of about 1200 s here, every test passing. USAE_TEST_XLA_OPT=default
+# keeps XLA's default (or names another level). What must hold as users run it is checked at the
+# default in subprocesses: the README's default run (tests/test_default_run.py) and chunked steps
+# equal to single steps bitwise (tests/test_chunked_steps.py).
+XLA_OPT = os.environ.get("USAE_TEST_XLA_OPT", "0")
+if XLA_OPT != "default" and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += f" --xla_backend_optimization_level={XLA_OPT}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     # One persistent compilation cache for the whole test session: made by the first process
@@ -24,7 +34,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig  # noqa: E402
-from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
+from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted  # noqa: E402
 
 TINY_PLANTED = PlantedConfig(widths=(12, 8, 16), num_shared=6, num_specific=3, rows=512, seed=1)
 """Three small planted models shared by the training, sharding and checkpoint tests."""

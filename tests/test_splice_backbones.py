@@ -93,7 +93,7 @@ def test_vit_continues_from_a_block_and_the_final_layer():
         grid, rest, clean = cut.observe(cut.params, cut.preprocess(_images(2)))
         np.testing.assert_allclose(cut.resume(cut.params, grid, rest), clean, rtol=1e-5,
                                    atol=1e-5, err_msg=layer)  # fmt: skip
-        for common in ((3, 3), (4, 4), (6, 6)):  # native 4 x 4
+        for common in ((3, 3), (6, 6)):  # coarser and finer than the native 4 x 4 (above)
             err, moved = _clean_splice_error(cut, common, _images(3))
             assert err < 1e-5 and moved > 1e-4, (layer, common, err, moved)
 
