@@ -76,7 +76,7 @@ def test_chunked_steps_equal_single_steps_bitwise_at_xla_default_optimisation():
         "USAE_TEST_XLA_OPT": "default"
     }
     case = "tests/test_chunked_steps.py::test_chunked_steps_equal_single_steps_bitwise"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]  # -q from pyproject
     done = subprocess.run(
         [*command, f"{case}[usae_random_one]"],
         cwd=root,
