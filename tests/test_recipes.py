@@ -53,3 +53,21 @@ def test_best_recipe_preset_is_the_table_row():
     assert (config.usae.architecture, config.usae.sparsity) == ("crosscoder", "batch_topk")
     assert config.source_sampling == "all" and config.num_steps == 3000
     assert crosscoder_batchtopk.get_planted() == planted_hard.get_planted()
+
+
+def test_a_crosscoder_run_reports_without_the_official_export(tiny_planted, tiny_config, tmp_path):
+    """``experiments.train --config=crosscoder_batchtopk`` crashed at the end: the official
+    safetensors export needs per-model BatchNorm and encoders, which a crosscoder has not."""
+    from usae_jax.pipelines.train_and_report import train_and_report, written_outputs
+
+    config = replace_fields(
+        tiny_config(num_steps=4, checkpoint_every=4),
+        architecture="crosscoder",
+        sparsity="batch_topk",
+        loss="l2_auxk",
+        source_sampling="all",
+    )
+    _, summary = train_and_report(config, tmp_path, tiny_planted.source(), tiny_planted)
+    assert set(summary["recovery"]) == set(tiny_planted.activations)
+    outputs = written_outputs(tmp_path)
+    assert "summary.json" in outputs and "export/" not in outputs

@@ -41,6 +41,9 @@ def train_and_report(
 ) -> tuple[TrainResult, dict]:
     """Train (auto-resuming), export safetensors, write ``summary.json``; return both.
 
+    The export is the official code's per-model format (encoder, BatchNorm, row-normalised
+    dictionary), so a crosscoder, which has none of the three in that form, is not exported.
+
     With ``planted`` ground truth the summary adds ``recovery``: per model, the mean over the
     planted shared concepts of the best cosine with a row of that model's dictionary;
     ``recovery_per_concept``: the same cosine for every planted concept, shared and model-specific
@@ -59,7 +62,8 @@ def train_and_report(
         summary["recovery_per_concept"] = recovery_report(params, planted)
         summary["shared_variance_share"] = shared_variance_share(planted)
     if jax.process_index() == 0:
-        export_safetensors(params, stats, os.path.join(workdir, "export"))
+        if config.usae.architecture != "crosscoder":
+            export_safetensors(params, stats, os.path.join(workdir, "export"))
         with open(os.path.join(workdir, "summary.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
     return result, summary
