@@ -2,6 +2,8 @@
 planted data.
 
 Launch:  python -m experiments.train --config=crosscoder_batchtopk --workdir=runs/crosscoder_bt
+Runtime: 72 s of training on an idle 2-core CPU (78 s for the whole command); it prints the
+table row's recovery (shared 0.991 / 0.988 / 0.993, worst private concept 0.93 / 0.96 / 0.90).
 It is the table's ``crosscoder_batchtopk`` row (``usae_jax.pipelines.recipes.RECIPES``): the
 default run's recipe with one code read from every model at once (``architecture="crosscoder"``,
 all sources per step), BatchTopK sparsity (k = 8 per row on average) and squared errors, trained
