@@ -3,7 +3,7 @@
     python -m experiments.recipes --workdir=runs/recipes
 
 Trains every recipe of usae_jax.pipelines.recipes.RECIPES for the same short schedule (default
-1500 steps of 1024 rows, planted "hard" preset, seed 0), prints the table and writes it to
+3000 steps of 1024 rows, planted "hard" preset, seed 0), prints the table and writes it to
 docs/recipes.md (rewritten after each recipe, so an interrupted run leaves the rows it has).
 """
 
@@ -16,11 +16,18 @@ from absl import app, flags
 from experiments.configs import planted_hard
 from usae_jax.config_io import replace_fields
 from usae_jax.data.synthetic.planted import generate_planted
-from usae_jax.pipelines.recipes import RECIPES, best_recipe, format_table, meets_aim, run_recipe
+from usae_jax.pipelines.recipes import (
+    RECIPES,
+    TABLE_STEPS,
+    best_recipe,
+    format_table,
+    meets_aim,
+    run_recipe,
+)
 
 flags.DEFINE_string("workdir", "runs/recipes", "One sub-directory per recipe; rows.json.")
 flags.DEFINE_string("doc", "docs/recipes.md", "Where the table is written ('' to skip).")
-flags.DEFINE_integer("steps", 1500, "Training steps per recipe.")
+flags.DEFINE_integer("steps", TABLE_STEPS, "Training steps per recipe.")
 flags.DEFINE_list("only", [], "Run only these recipe names.")
 FLAGS = flags.FLAGS
 

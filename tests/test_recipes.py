@@ -1,10 +1,11 @@
 """The recipe table's selection and formatting (the training itself is experiments/recipes.py)."""
 
+import jax
 import pytest
 
 from usae_jax.config import TrainConfig, USAEConfig
 from usae_jax.config_io import replace_fields
-from usae_jax.pipelines.recipes import RECIPES, best_recipe, format_table, meets_aim
+from usae_jax.pipelines.recipes import RECIPES, TABLE_STEPS, best_recipe, format_table, meets_aim
 
 
 def _row(name, shared, specific, entropy, norm):
@@ -48,26 +49,36 @@ def test_best_recipe_preset_is_the_table_row():
     from experiments.configs import crosscoder_batchtopk, planted_hard
 
     config = crosscoder_batchtopk.get_config()
-    base = replace_fields(planted_hard.get_config(), num_steps=crosscoder_batchtopk.TABLE_STEPS)
+    base = replace_fields(planted_hard.get_config(), num_steps=TABLE_STEPS)
     assert config == replace_fields(base, **crosscoder_batchtopk.RECIPE.overrides)
     assert (config.usae.architecture, config.usae.sparsity) == ("crosscoder", "batch_topk")
     assert config.source_sampling == "all" and config.num_steps == 3000
     assert crosscoder_batchtopk.get_planted() == planted_hard.get_planted()
 
 
-def test_a_crosscoder_run_reports_without_the_official_export(tiny_planted, tiny_config, tmp_path):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(
+            architecture="crosscoder", sparsity="batch_topk", loss="l2_auxk", source_sampling="all"
+        ),
+        dict(architecture="sparc", loss="l2_auxk", aux="dead_latents"),
+    ],
+    ids=["crosscoder", "sparc"],
+)
+def test_runs_without_the_official_layout_report_without_the_export(
+    tiny_planted, tiny_config, tmp_path, overrides
+):
     """``experiments.train --config=crosscoder_batchtopk`` crashed at the end: the official
-    safetensors export needs per-model BatchNorm and encoders, which a crosscoder has not."""
+    safetensors export needs per-model BatchNorm, which neither a crosscoder nor SPARC has."""
+    from usae_jax.model.interop import export_safetensors
     from usae_jax.pipelines.train_and_report import train_and_report, written_outputs
 
-    config = replace_fields(
-        tiny_config(num_steps=4, checkpoint_every=4),
-        architecture="crosscoder",
-        sparsity="batch_topk",
-        loss="l2_auxk",
-        source_sampling="all",
-    )
-    _, summary = train_and_report(config, tmp_path, tiny_planted.source(), tiny_planted)
+    config = replace_fields(tiny_config(num_steps=4, checkpoint_every=4), **overrides)
+    result, summary = train_and_report(config, tmp_path, tiny_planted.source(), tiny_planted)
     assert set(summary["recovery"]) == set(tiny_planted.activations)
     outputs = written_outputs(tmp_path)
     assert "summary.json" in outputs and "export/" not in outputs
+    params, stats = jax.device_get((result.state.params, result.state.batch_stats))
+    with pytest.raises(ValueError, match="official per-model layout"):
+        export_safetensors(params, stats, tmp_path / "export")

@@ -19,13 +19,10 @@ from experiments.configs import planted_hard
 from usae_jax.config import TrainConfig
 from usae_jax.config_io import replace_fields
 from usae_jax.data.synthetic.planted import PlantedConfig
-from usae_jax.pipelines.recipes import RECIPES
+from usae_jax.pipelines.recipes import RECIPES, TABLE_STEPS
 
 RECIPE = next(recipe for recipe in RECIPES if recipe.name == "crosscoder_batchtopk")
 """The table row this preset trains."""
-
-TABLE_STEPS = 3000
-"""Steps per recipe in the table's run (``python -m experiments.recipes --steps=3000``)."""
 
 
 def get_planted() -> PlantedConfig:

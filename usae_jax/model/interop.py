@@ -113,14 +113,29 @@ def import_official(models: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[dic
     return {"models": params}, stats
 
 
+def has_official_layout(params: Mapping) -> bool:
+    """Whether every model of ``params`` has the official per-model layout (encoder, BatchNorm,
+    dictionary): a USAE does; SPARC (no BatchNorm) and a crosscoder (no BatchNorm, decoder
+    biases) do not, so they have no official export."""
+    return all("batchnorm" in model for model in params["models"].values())
+
+
 def export_safetensors(params: Mapping, stats: Mapping, directory: str | os.PathLike) -> list[str]:
     """Write ``<directory>/<model>.safetensors`` per model (official key names) + ``usae.json``.
 
     Returns the written paths. The files load in PyTorch with ``safetensors.torch.load_file``
     straight into the official module's ``load_state_dict``.
+
+    Raises:
+      ValueError: the models lack the official layout (:func:`has_official_layout`).
     """
     from safetensors.numpy import save_file
 
+    if not has_official_layout(params):
+        raise ValueError(
+            "only a USAE has the official per-model layout (encoder, BatchNorm, dictionary); "
+            "SPARC and crosscoder parameters have no official export"
+        )
     os.makedirs(directory, exist_ok=True)
     paths = []
     for name, model_params in params["models"].items():

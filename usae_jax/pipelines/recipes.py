@@ -36,6 +36,10 @@ from usae_jax.data.synthetic.planted import PlantedData
 from usae_jax.train.loop import train
 from usae_jax.train.recovery import recovery_report
 
+TABLE_STEPS = 3000
+"""Training steps per recipe of the table in ``docs/recipes.md`` (``experiments.recipes``'s
+default, and the steps of the best-recipe preset)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:

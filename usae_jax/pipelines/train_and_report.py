@@ -11,7 +11,7 @@ import numpy as np
 from usae_jax.config import TrainConfig
 from usae_jax.data.source import PairedSource
 from usae_jax.data.synthetic.planted import PlantedData, shared_variance_share
-from usae_jax.model.interop import export_safetensors
+from usae_jax.model.interop import export_safetensors, has_official_layout
 from usae_jax.train.loop import TrainResult, train
 from usae_jax.train.recovery import recovery, recovery_report
 
@@ -41,8 +41,9 @@ def train_and_report(
 ) -> tuple[TrainResult, dict]:
     """Train (auto-resuming), export safetensors, write ``summary.json``; return both.
 
-    The export is the official code's per-model format (encoder, BatchNorm, row-normalised
-    dictionary), so a crosscoder, which has none of the three in that form, is not exported.
+    The export is the official code's per-model format (encoder, BatchNorm, dictionary), which
+    only a USAE has: SPARC and crosscoder runs are not exported
+    (:func:`~usae_jax.model.interop.has_official_layout`).
 
     With ``planted`` ground truth the summary adds ``recovery``: per model, the mean over the
     planted shared concepts of the best cosine with a row of that model's dictionary;
@@ -62,7 +63,7 @@ def train_and_report(
         summary["recovery_per_concept"] = recovery_report(params, planted)
         summary["shared_variance_share"] = shared_variance_share(planted)
     if jax.process_index() == 0:
-        if config.usae.architecture != "crosscoder":
+        if has_official_layout(params):
             export_safetensors(params, stats, os.path.join(workdir, "export"))
         with open(os.path.join(workdir, "summary.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
