@@ -216,7 +216,8 @@ def test_site_files_and_json_export_agree(tmp_path):
 def test_store_backed_run_gets_crops_of_the_sample_images(tmp_path):
     # A store "extracted" from the offline sample set (1 view, 32 px, 2 x 2 grid; random
     # activations): the explorer rebuilds the images from the manifest and draws crops.
-
+    pytest.importorskip("skimage")  # the sample set: the `extract` extra
+    pytest.importorskip("sklearn")
     sample = from_samples(32, views=1, seed=0)
     rng = np.random.default_rng(0)
     rows = 4 * len(sample)
