@@ -27,7 +27,7 @@ from usae_jax.config import USAEConfig
 from usae_jax.model.batch_topk import smallest_selected, update_threshold
 from usae_jax.model.crosscoder import encode_joint, l1_penalty
 from usae_jax.model.sparse_ops import UNSHARDED, SparseOps
-from usae_jax.train.losses import auxiliary_codes
+from usae_jax.train.losses import auxiliary_codes, auxiliary_decode
 from usae_jax.train.state import TrainState
 from usae_jax.train.updates import StepMetrics, mean_l0, update_every_model, update_firing
 from usae_jax.train.usae_step import target_loss
@@ -63,17 +63,24 @@ def crosscoder_losses(
             dead_k_aux=usae.dead_k_aux,
         )
         usae_no_aux = usae
+    units = [models[name]["dictionary"] for name in usae.model_names]
+    if usae.sparsity == "l1":  # no auxiliary term: nothing to decode
+        residual_hats = tuple(jnp.zeros_like(batch[name]) for name in usae.model_names)
+    else:
+        residual_hats = auxiliary_decode(aux, units)  # one product for every model
+    active = jnp.any(aux != 0)
     losses = [
         target_loss(
             usae_no_aux,
             encoded,
-            aux,
             models[name]["dictionary"],
             batch[name],
+            residual_hat,
+            active,
             ops,
             models[name]["decoder_bias"],
         )
-        for name in usae.model_names
+        for name, residual_hat in zip(usae.model_names, residual_hats, strict=True)
     ]
     penalty = 0.0
     if usae.sparsity == "l1":

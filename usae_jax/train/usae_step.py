@@ -27,7 +27,7 @@ from usae_jax.model.batch_topk import batch_top_k_codes, smallest_selected, upda
 from usae_jax.model.matryoshka import restrict_to_prefix
 from usae_jax.model.sparse_ops import UNSHARDED, SparseOps
 from usae_jax.model.usae import Encoded, decode_encoded, encode, normalize_dictionary
-from usae_jax.train.losses import auxiliary_codes, loss_for, mean_error
+from usae_jax.train.losses import auxiliary_codes, auxiliary_decode, loss_for, mean_error
 from usae_jax.train.state import TrainState
 from usae_jax.train.updates import StepMetrics, mean_l0, update_every_model, update_firing
 
@@ -37,41 +37,48 @@ def encode_source(
 ) -> tuple[Encoded, dict]:
     """Training-mode encoding of one model's rows ``x`` ``[B, d]`` under its sparsity rule:
     ``(Encoded, new batch statistics)`` (BatchTopK also advances the running threshold)."""
-    batch_topk = usae.sparsity == "batch_topk"
-    encoded, new_stats = encode(
-        model_params,
-        stats,
-        x,
-        top_k=usae.top_k,
-        train=True,
-        momentum=usae.batchnorm_momentum,
-        eps=usae.batchnorm_eps,
-        top_k_fn=batch_top_k_codes if batch_topk else ops.top_k,
-        compute_dtype=jnp.dtype(usae.compute_dtype),
-    )
-    if batch_topk:
-        smallest = smallest_selected(encoded.codes)
-        threshold = update_threshold(stats["threshold"], smallest, usae.batch_topk_momentum)
-        new_stats = {**new_stats, "threshold": threshold}
+    with jax.named_scope("encode"):
+        batch_topk = usae.sparsity == "batch_topk"
+        encoded, new_stats = encode(
+            model_params,
+            stats,
+            x,
+            top_k=usae.top_k,
+            train=True,
+            momentum=usae.batchnorm_momentum,
+            eps=usae.batchnorm_eps,
+            top_k_fn=batch_top_k_codes if batch_topk else ops.top_k,
+            compute_dtype=jnp.dtype(usae.compute_dtype),
+        )
+        if batch_topk:
+            smallest = smallest_selected(encoded.codes)
+            threshold = update_threshold(stats["threshold"], smallest, usae.batch_topk_momentum)
+            new_stats = {**new_stats, "threshold": threshold}
     return encoded, new_stats
 
 
 def target_loss(
     usae: USAEConfig,
     encoded: Encoded,
-    aux: jax.Array,
     atoms: jax.Array,
     x: jax.Array,
+    residual_hat: jax.Array,
+    aux_active: jax.Array,
     ops: SparseOps = UNSHARDED,
     bias: jax.Array | float = 0.0,
 ) -> jax.Array:
     """Scalar loss of decoding ``encoded`` into one target ``x`` ``[B, d]`` with dictionary rows
-    ``atoms`` ``[n, d]`` (plus ``bias``): the configured loss with its auxiliary term, plus the
-    error of every Matryoshka prefix reconstruction."""
-    x_hat = decode_encoded(encoded, atoms, ops.decode) + bias
-    loss = loss_for(usae)(x, x_hat, aux, atoms)
+    ``atoms`` ``[n, d]`` (plus ``bias``): the configured loss with its auxiliary term (the
+    auxiliary codes decoded into this target, ``residual_hat`` ``[B, d]``, from
+    :func:`~usae_jax.train.losses.auxiliary_decode`), plus the error of every Matryoshka prefix
+    reconstruction."""
+    with jax.named_scope("decode"):
+        x_hat = decode_encoded(encoded, atoms, ops.decode) + bias
+    with jax.named_scope("loss"):
+        loss = loss_for(usae)(x, x_hat, residual_hat, aux_active)
     for size in usae.matryoshka_prefixes:
-        prefix = decode_encoded(restrict_to_prefix(encoded, size), atoms, ops.decode) + bias
+        with jax.named_scope("decode"):
+            prefix = decode_encoded(restrict_to_prefix(encoded, size), atoms, ops.decode) + bias
         loss = loss + mean_error(x - prefix, usae.loss)
     return loss
 
@@ -96,18 +103,25 @@ def cross_losses(
       dictionaries: ``{name: [n, d_name]}`` raw dictionaries.
       batch: ``{name: [B, d_name]}`` targets.
     """
-    aux = auxiliary_codes(
-        encoded.pre_codes,
-        encoded.codes,
-        rule=usae.aux,
-        dead_mask=dead_mask,
-        dead_k_aux=usae.dead_k_aux,
-    )
-    losses = []
+    with jax.named_scope("auxk_select"):
+        aux = auxiliary_codes(
+            encoded.pre_codes,
+            encoded.codes,
+            rule=usae.aux,
+            dead_mask=dead_mask,
+            dead_k_aux=usae.dead_k_aux,
+        )
     compute_dtype = jnp.dtype(usae.compute_dtype)
-    for name in usae.model_names:
-        unit = normalize_dictionary(dictionaries[name]).astype(compute_dtype)
-        losses.append(target_loss(usae, encoded, aux, unit, batch[name], ops))
+    units = [
+        normalize_dictionary(dictionaries[name]).astype(compute_dtype) for name in usae.model_names
+    ]
+    with jax.named_scope("auxk_product"):
+        residual_hats = auxiliary_decode(aux, units)  # one product for every target
+    active = jnp.any(aux != 0)
+    losses = [
+        target_loss(usae, encoded, unit, batch[name], residual_hat, active, ops)
+        for name, unit, residual_hat in zip(usae.model_names, units, residual_hats, strict=True)
+    ]
     return jnp.stack(losses)
 
 
@@ -133,10 +147,11 @@ def make_source_step(
             return jnp.sum(losses), (losses, new_stats, encoded.codes)
 
         grads, (losses, new_stats, codes) = jax.grad(loss_fn, has_aux=True)(models[source])
-        updates, new_opt = optimizers[source].update(
-            grads, state.opt_states[source], models[source]
-        )
-        new_models = {**models, source: optax.apply_updates(models[source], updates)}
+        with jax.named_scope("optimizer"):
+            updates, new_opt = optimizers[source].update(
+                grads, state.opt_states[source], models[source]
+            )
+            new_models = {**models, source: optax.apply_updates(models[source], updates)}
         new_state = state.replace(
             step=state.step + 1,
             params={**state.params, "models": new_models},
@@ -178,7 +193,8 @@ def make_all_sources_step(
 
         models = state.params["models"]
         grads, (losses, new_stats, codes) = jax.grad(loss_fn, has_aux=True)(models)
-        new_models, new_opt = update_every_model(optimizers, grads, state.opt_states, models)
+        with jax.named_scope("optimizer"):
+            new_models, new_opt = update_every_model(optimizers, grads, state.opt_states, models)
         new_state = state.replace(
             step=state.step + 1,
             params={**state.params, "models": new_models},
