@@ -109,7 +109,8 @@ def encode(
         eps=eps,
         compute_dtype=compute_dtype,
     )
-    codes, values, indices = (top_k_fn or top_k_codes)(jax.nn.relu(pre_codes), top_k)
+    with jax.named_scope("top_k"):
+        codes, values, indices = (top_k_fn or top_k_codes)(jax.nn.relu(pre_codes), top_k)
     return Encoded(pre_codes, codes, values, indices), new_stats
 
 
