@@ -1,4 +1,5 @@
-"""Losses: the top-half AuxK selection, closed-form L1/L2 values, the dead-latent rule."""
+"""Losses: the top-half AuxK selection, closed-form L1/L2 values, the dead-latent rule, and the
+AuxK product over concatenated dictionaries."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import pytest
 from usae_jax.model.usae import top_k_codes
 from usae_jax.train.losses import (
     auxiliary_codes,
+    auxiliary_decode,
     reconstruction_loss,
     top_half_codes_by_sort,
     top_half_mask,
@@ -54,3 +56,64 @@ def test_dead_latent_aux_uses_only_dead_concepts():
     unit = jnp.eye(4, 2)
     loss = reconstruction_loss(x, x * 0, none_dead, unit, aux_rule="dead_latents")
     np.testing.assert_allclose(loss, 1.0)  # no dead latents: the aux term is 0
+
+
+def _decode_problem():
+    keys = jax.random.split(jax.random.key(3), 7)
+    codes = jax.nn.relu(jax.random.normal(keys[0], (9, 16)))
+    dictionaries = [jax.random.normal(keys[1 + i], (16, w)) for i, w in enumerate((5, 3, 7))]
+    cotangents = [jax.random.normal(keys[4 + i], (9, w)) for i, w in enumerate((5, 3, 7))]
+    return codes, dictionaries, cotangents
+
+
+@pytest.mark.parametrize("argnums", [(0,), (1,), (0, 1), (0, 1, 2)])
+def test_concatenated_aux_decode_equals_one_product_per_target(argnums):
+    codes, (first, *rest), cotangents = _decode_problem()
+
+    def objective(decoded):
+        return sum(jnp.vdot(g, r) for g, r in zip(cotangents, decoded, strict=True))
+
+    def concatenated(c, d, others):
+        return objective(auxiliary_decode(c, (d, *others)))
+
+    def per_target(c, d, others):
+        return objective([c @ x for x in (d, *others)])
+
+    for got, want in zip(
+        auxiliary_decode(codes, (first, *rest)), [codes @ d for d in (first, *rest)], strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    got = jax.grad(concatenated, argnums)(codes, first, tuple(rest))
+    want = jax.grad(per_target, argnums)(codes, first, tuple(rest))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_concatenated_aux_decode_skips_gradients_of_constant_dictionaries():
+    """The official step differentiates the codes and the source dictionary only: one product
+    forward, one for the codes' gradient, one for the source dictionary's (per-target autodiff
+    needs 1 + 3 + 3 + 1)."""
+    codes, (first, *rest), _ = _decode_problem()
+
+    def products(fn):
+        lowered = jax.jit(jax.value_and_grad(fn, (0, 1))).lower(codes, first, tuple(rest)).as_text()
+        return lowered.count("dot_general")
+
+    def concatenated(c, d, others):
+        return sum(jnp.sum(r) for r in auxiliary_decode(c, (d, *others)))
+
+    def per_target(c, d, others):
+        return sum(jnp.sum(c @ x) for x in (d, *others))
+
+    assert products(concatenated) == 3
+    assert products(per_target) == 7
+
+
+def test_concatenated_aux_decode_rejects_mismatched_dictionaries():
+    codes, (first, second, _), _ = _decode_problem()
+    with pytest.raises(ValueError, match="cannot decode"):
+        auxiliary_decode(codes, (first, jnp.zeros((15, 3))))
+    with pytest.raises(TypeError, match="dtype"):
+        auxiliary_decode(codes, (first, second.astype(jnp.bfloat16)))
+    with pytest.raises(ValueError, match="at least one"):
+        auxiliary_decode(codes, ())
