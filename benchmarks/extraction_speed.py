@@ -79,7 +79,9 @@ def time_batches(fn, params, batches) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10, help="timed rounds (batches alternate AB, BA)")
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="timed rounds (batches alternate AB, BA)"
+    )
     parser.add_argument("--batches", type=int, default=4, help="batches per round")
     parser.add_argument("--batch", type=int, default=8, help="images per batch")
     args = parser.parse_args()
