@@ -44,6 +44,8 @@ def build_step(spec: dict, source: int, seed: int = 0):
     import jax
 
     from usae_jax.config import TrainConfig, USAEConfig
+    from usae_jax.parallel.concept import sharded_ops
+    from usae_jax.parallel.mesh import create_mesh
     from usae_jax.train.optim import build_optimizers
     from usae_jax.train.state import create_train_state
     from usae_jax.train.steps import make_steps
@@ -68,7 +70,8 @@ def build_step(spec: dict, source: int, seed: int = 0):
         name: jax.device_put(rng.standard_normal((spec["batch_rows"], width), np.float32))
         for name, width in zip(names, spec["widths"], strict=True)
     }
-    body = make_steps(config, optimizers).bodies[names[source]]
+    ops = sharded_ops(create_mesh(1, 1))  # what the training loop uses on one device
+    body = make_steps(config, optimizers, ops).bodies[names[source]]
     compiled = jax.jit(body, donate_argnums=(0,)).lower(state, batch).compile()
     return compiled, state, batch
 

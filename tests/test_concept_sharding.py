@@ -9,14 +9,28 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
 from usae_jax.data.synthetic.planted import PlantedConfig, generate_planted
+from usae_jax.model.sparse_ops import ONE_CPU, UNSHARDED
+from usae_jax.model.top_half import host_top_half_mask, top_half_mask
 from usae_jax.model.usae import decode_sparse, top_k_codes
-from usae_jax.parallel.concept import sharded_decode, two_stage_top_k
+from usae_jax.parallel.concept import sharded_decode, sharded_ops, two_stage_top_k
 from usae_jax.parallel.mesh import create_mesh
 from usae_jax.train.loop import eval_batch, train
 from usae_jax.train.metrics import evaluate
 from usae_jax.train.optim import build_optimizers
 
 PLANTED = PlantedConfig(widths=(12, 8, 16), num_shared=6, num_specific=3, rows=512, seed=2)
+
+
+def test_the_mesh_decides_the_sparse_operations():
+    """One CPU device: the host top-half selection; a batch split over devices: the radix
+    select (a callback would gather the batch); concepts split: the two-stage TopK and the
+    sharded decode, with the radix select."""
+    assert sharded_ops(create_mesh(1, 1)) is ONE_CPU
+    assert ONE_CPU.top_half is host_top_half_mask and not ONE_CPU.splits_concepts
+    assert sharded_ops(create_mesh(4, 1)) is UNSHARDED
+    assert UNSHARDED.top_half is top_half_mask
+    split = sharded_ops(create_mesh(2, 4))
+    assert split.splits_concepts and split.top_half is top_half_mask
 
 
 def test_two_stage_top_k_and_decode_equal_unsharded():

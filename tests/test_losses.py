@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from usae_jax.model.top_half import top_half_mask
 from usae_jax.model.usae import top_k_codes
 from usae_jax.train.losses import (
     auxiliary_codes,
     auxiliary_decode,
     reconstruction_loss,
     top_half_codes_by_sort,
-    top_half_mask,
 )
 
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from usae_jax.model.sparse_ops import UNSHARDED, SparseOps
+from usae_jax.model.sparse_ops import ONE_CPU, UNSHARDED, SparseOps
 from usae_jax.parallel.mesh import DATA, MODEL
 
 
@@ -88,7 +88,11 @@ def sharded_decode(mesh: Mesh):
 
 
 def sharded_ops(mesh: Mesh) -> SparseOps:
-    """The TopK and decode of a concept-sharded step (plain ones when ``"model"`` has size 1)."""
+    """The sparse operations of a step on ``mesh``: the concept-sharded TopK and decode when
+    ``"model"`` has size > 1; otherwise the plain ones, with the host top-half selection when
+    the mesh is a single CPU device."""
     if mesh.shape[MODEL] == 1:
+        if mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu":
+            return ONE_CPU
         return UNSHARDED
     return SparseOps(top_k=two_stage_top_k(mesh), decode=sharded_decode(mesh))

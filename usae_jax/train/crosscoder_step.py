@@ -27,7 +27,7 @@ from usae_jax.config import USAEConfig
 from usae_jax.model.batch_topk import smallest_selected, update_threshold
 from usae_jax.model.crosscoder import encode_joint, l1_penalty
 from usae_jax.model.sparse_ops import UNSHARDED, SparseOps
-from usae_jax.train.losses import auxiliary_codes, auxiliary_decode
+from usae_jax.train.losses import auxiliary_decode, configured_auxiliary_codes
 from usae_jax.train.state import TrainState
 from usae_jax.train.updates import StepMetrics, mean_l0, update_every_model, update_firing
 from usae_jax.train.usae_step import target_loss
@@ -55,13 +55,7 @@ def crosscoder_losses(
         aux = jnp.zeros_like(encoded.codes)
         usae_no_aux = dataclasses.replace(usae, aux_coefficient=0.0)
     else:
-        aux = auxiliary_codes(
-            encoded.pre_codes,
-            encoded.codes,
-            rule=usae.aux,
-            dead_mask=dead_mask,
-            dead_k_aux=usae.dead_k_aux,
-        )
+        aux = configured_auxiliary_codes(usae, encoded, dead_mask, ops.top_half)
         usae_no_aux = usae
     units = [models[name]["dictionary"] for name in usae.model_names]
     if usae.sparsity == "l1":  # no auxiliary term: nothing to decode

@@ -28,49 +28,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from usae_jax.config import USAEConfig
-from usae_jax.model.batch_topk import total_order_keys
-
-
-def top_half_mask(values: jax.Array, keep: int) -> jax.Array:
-    """Boolean mask ``[B, n]`` of the entries ``lax.top_k(values, keep)`` selects in each row.
-
-    Exactly ``keep`` entries per row, the same ones ``lax.top_k`` picks: ranked by the IEEE total
-    order (``+NaN`` above ``+inf``, ``+0.0`` above ``-0.0``, denormals by value), ties broken by
-    the lowest index. Zeros are therefore kept when a row has fewer than ``keep`` larger entries,
-    as ``torch.topk`` keeps them in the official code (they add nothing to the auxiliary codes).
-    A NaN is kept before any number, as ``lax.top_k`` does (training rejects NaN activations
-    before they reach this function).
-
-    Costs 32 fused counting passes and one cumulative sum instead of a sort: the ``keep``-th
-    largest key of each row is found bit by bit (a radix select on
-    :func:`~usae_jax.model.batch_topk.total_order_keys`);
-    every entry above it is kept, and of those equal to it, the first ones by index.
-
-    Args:
-      values: ``[B, n]`` floating values (float32, or a narrower float, upcast exactly).
-      keep: how many entries per row to keep, ``0 <= keep <= n``.
-    """
-    if values.ndim != 2:
-        raise ValueError(f"top_half_mask expects [B, n] values, got shape {values.shape}")
-    if not jnp.issubdtype(values.dtype, jnp.floating) or values.dtype.itemsize > 4:
-        raise TypeError(f"top_half_mask expects float32 or narrower floats, got {values.dtype}")
-    if not 0 <= keep <= values.shape[1]:
-        raise ValueError(f"keep must be in [0, {values.shape[1]}], got {keep}")
-    keys = total_order_keys(values)
-
-    def next_bit(bit, threshold):
-        # invariant: count(keys >= threshold) >= keep; try setting one more bit, highest first
-        candidate = threshold | (jnp.uint32(1) << (31 - bit).astype(jnp.uint32))
-        enough = jnp.sum(keys >= candidate[:, None], axis=1, dtype=jnp.int32) >= keep
-        return jnp.where(enough, candidate, threshold)
-
-    # the keep-th largest key of each row (all ones when keep == 0: nothing is above it)
-    threshold = jax.lax.fori_loop(0, 32, next_bit, jnp.zeros((values.shape[0],), jnp.uint32))
-    above = keys > threshold[:, None]
-    tied = keys == threshold[:, None]
-    missing = keep - jnp.sum(above, axis=1, dtype=jnp.int32)  # >= 1 unless keep == 0
-    tie_rank = jnp.cumsum(tied, axis=1, dtype=jnp.int32)  # 1, 2, ... along each row's ties
-    return above | (tied & (tie_rank <= missing[:, None]))
+from usae_jax.model.top_half import top_half_mask
 
 
 def top_half_codes_by_sort(pre_codes: jax.Array, codes: jax.Array) -> jax.Array:
@@ -92,6 +50,7 @@ def auxiliary_codes(
     rule: str = "top_half",
     dead_mask: jax.Array | None = None,
     dead_k_aux: int = 512,
+    top_half=top_half_mask,
 ) -> jax.Array:
     """The codes the auxiliary term decodes: ``[B, n], [B, n] -> [B, n]``.
 
@@ -102,7 +61,10 @@ def auxiliary_codes(
       gradient of the chosen codes.
     * ``"dead_latents"`` (Gao et al. 2024): the top ``dead_k_aux`` of ``relu(pre_codes)`` among
       the concepts flagged in ``dead_mask`` ``[n]`` (all zeros when none is dead).
-    Gradients flow through the kept values, not through the selection.
+    Gradients flow through the kept values, not through the selection. ``top_half(values, keep)
+    -> mask`` is the exact selection (:func:`~usae_jax.model.top_half.top_half_mask`, or the
+    host selection a single-CPU step gets from
+    :class:`~usae_jax.model.sparse_ops.SparseOps`).
     """
     if rule == "top_half":
         unchosen = jax.nn.relu(pre_codes) - codes
@@ -113,11 +75,15 @@ def auxiliary_codes(
         # Exact shortcut: a row with at most `keep` non-zero candidates keeps all of them (top_k
         # would add only zeros), so the radix select runs only when some row has more.
         crowded = jnp.any(jnp.sum(nonzero, axis=1, dtype=jnp.int32) > keep)
+        # Zeros never survive the `& nonzero` below, so rank them below every candidate and
+        # apart from each other: the selection then meets no ties at zero (whose ranking by
+        # index would cost a cumulative sum) and picks the same non-zero entries.
+        ranked_last = -1.0 - jnp.arange(unchosen.shape[1], dtype=jnp.float32)
         mask = jax.lax.cond(
             crowded,
-            lambda values: top_half_mask(values, keep) & nonzero,
+            lambda values: top_half(jnp.where(nonzero, values, ranked_last), keep) & nonzero,
             lambda values: nonzero,
-            jax.lax.stop_gradient(unchosen),
+            jax.lax.stop_gradient(unchosen).astype(jnp.float32),
         )
         return jnp.where(mask, unchosen, 0.0)
     if rule == "dead_latents":
@@ -129,6 +95,22 @@ def auxiliary_codes(
         rows = jnp.arange(candidates.shape[0])[:, None]
         return jnp.zeros_like(candidates).at[rows, indices].set(values)
     raise ValueError(f"unknown auxiliary rule {rule!r}")
+
+
+def configured_auxiliary_codes(
+    config: USAEConfig, encoded, dead_mask: jax.Array, top_half=top_half_mask
+) -> jax.Array:
+    """:func:`auxiliary_codes` ``[B, n]`` of an encoding (``pre_codes`` and ``codes`` ``[B, n]``)
+    under the configured rule; ``dead_mask`` ``[n]``, ``top_half`` from the step's
+    :class:`~usae_jax.model.sparse_ops.SparseOps`."""
+    return auxiliary_codes(
+        encoded.pre_codes,
+        encoded.codes,
+        rule=config.aux,
+        dead_mask=dead_mask,
+        dead_k_aux=config.dead_k_aux,
+        top_half=top_half,
+    )
 
 
 def _error(difference: jax.Array, kind: str) -> jax.Array:

@@ -69,7 +69,7 @@ def _usae_all(config: TrainConfig, optimizers, ops: SparseOps) -> Steps:
 
 
 def _sparc(config: TrainConfig, optimizers, ops: SparseOps) -> Steps:
-    if ops is not UNSHARDED:
+    if ops.splits_concepts:
         raise ValueError("SPARC steps do not support concept_parallel > 1 yet")
     return Steps({None: make_sparc_step(config.usae, optimizers)}, _every_step)
 

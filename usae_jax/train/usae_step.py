@@ -27,7 +27,7 @@ from usae_jax.model.batch_topk import batch_top_k_codes, smallest_selected, upda
 from usae_jax.model.matryoshka import restrict_to_prefix
 from usae_jax.model.sparse_ops import UNSHARDED, SparseOps
 from usae_jax.model.usae import Encoded, decode_encoded, encode, normalize_dictionary
-from usae_jax.train.losses import auxiliary_codes, auxiliary_decode, loss_for, mean_error
+from usae_jax.train.losses import auxiliary_decode, configured_auxiliary_codes, loss_for, mean_error
 from usae_jax.train.state import TrainState
 from usae_jax.train.updates import StepMetrics, mean_l0, update_every_model, update_firing
 
@@ -104,13 +104,7 @@ def cross_losses(
       batch: ``{name: [B, d_name]}`` targets.
     """
     with jax.named_scope("auxk_select"):
-        aux = auxiliary_codes(
-            encoded.pre_codes,
-            encoded.codes,
-            rule=usae.aux,
-            dead_mask=dead_mask,
-            dead_k_aux=usae.dead_k_aux,
-        )
+        aux = configured_auxiliary_codes(usae, encoded, dead_mask, ops.top_half)
     compute_dtype = jnp.dtype(usae.compute_dtype)
     units = [
         normalize_dictionary(dictionaries[name]).astype(compute_dtype) for name in usae.model_names
