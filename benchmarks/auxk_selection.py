@@ -1,5 +1,6 @@
-"""AuxK top-half selection: our exact selection (radix select, skipped when no row has more
-than n/2 candidates) vs ``lax.top_k`` (the official ``torch.topk`` rule), per call on one batch.
+"""AuxK top-half selection: our exact selections (skipped when no row has more than n/2
+candidates; the radix select, and the host one a step on a single CPU device uses) vs
+``lax.top_k`` (the official ``torch.topk`` rule), per call on one batch.
 
 Two batches of pre-activations ``[B, n]`` with the encoder's TopK codes removed: "few" (about
 n/4 positive candidates per row, the search is skipped) and "many" (about n/2 + 20, the search
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from usae_jax.model.top_half import host_top_half_mask
 from usae_jax.train.losses import auxiliary_codes, top_half_codes_by_sort
 
 
@@ -52,16 +54,22 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="Rounds (median reported).")
     parser.add_argument("--calls", type=int, default=50, help="Calls per variant per round.")
     args = parser.parse_args()
-    variants = {"ours": jax.jit(auxiliary_codes), "lax.top_k": jax.jit(top_half_codes_by_sort)}
+    variants = {
+        "radix": jax.jit(auxiliary_codes),
+        "host": jax.jit(
+            lambda pre, codes: auxiliary_codes(pre, codes, top_half=host_top_half_mask)
+        ),
+        "lax.top_k": jax.jit(top_half_codes_by_sort),
+    }
     n = args.concepts
     batches = {
         "few": batch(args.rows, n, 0.25, args.k, 0),
         "many": batch(args.rows, n, (n // 2 + 20 + args.k) / n, args.k, 1),
     }
-    for pre, codes in batches.values():  # both variants select the same values
-        np.testing.assert_array_equal(
-            np.asarray(variants["ours"](pre, codes)), np.asarray(variants["lax.top_k"](pre, codes))
-        )
+    for pre, codes in batches.values():  # every variant selects the same values
+        reference = np.asarray(variants["lax.top_k"](pre, codes))
+        for fn in variants.values():
+            np.testing.assert_array_equal(np.asarray(fn(pre, codes)), reference)
     readings = {(b, v): [] for b in batches for v in variants}
     for _ in range(args.rounds):
         for b, data in batches.items():
@@ -69,10 +77,9 @@ def main():
                 readings[b, v].append(time_calls(fn, data, args.calls))
     median = {f"{b}/{v}": round(statistics.median(r), 3) for (b, v), r in readings.items()}
     print(f"AuxK top-half selection, [{args.rows}, {n}], ms per call (median of {args.rounds})")
-    print(f"{'candidates per row':<20}{'ours':>10}{'lax.top_k':>12}{'ratio':>8}")
+    print(f"{'candidates per row':<20}" + "".join(f"{v:>12}" for v in variants))
     for b in batches:
-        ours, ref = median[f"{b}/ours"], median[f"{b}/lax.top_k"]
-        print(f"{b:<20}{ours:>10.3f}{ref:>12.3f}{ref / ours:>7.1f}x")
+        print(f"{b:<20}" + "".join(f"{median[f'{b}/{v}']:>12.3f}" for v in variants))
     print(json.dumps({
         "benchmark": "auxk_selection", "rows": args.rows, "concepts": n, "ms": median,
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
