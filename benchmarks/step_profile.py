@@ -10,7 +10,10 @@ metadata carries (``encode``, its ``top_k``, ``auxk_select``, ``auxk_product``, 
 ``loss``, ``optimizer``; ``other`` where none applies) and in the forward or backward pass
 (``transpose`` in its name). On a CPU, XLA runs independent operations on its worker threads
 at the same time, and the profiler adds its own cost, so the summed operation time differs from
-the wall time; the shares are what to read. Prints a table and one JSON line.
+the wall time; the shares are what to read. Plain products that XLA runs asynchronously through
+Eigen (not fused into a YNNPACK call; on this CPU the weight gradients whose contraction runs
+over the batch) have trace events covering only their launch: they are listed below the table
+with their GFLOP instead of a time. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.step_vs_official import CONFIGS  # noqa: E402
+
+UNTRACED_RATE = 5e12
+"""FLOP/s above which a product's traced duration cannot be its run time (only its launch)."""
 
 PARTS = ("auxk_select", "auxk_product", "top_k", "encode", "decode", "loss", "optimizer")
 """Named scopes of :mod:`usae_jax.train.usae_step` (``top_k`` from
@@ -81,8 +87,8 @@ def operation_parts(hlo_text: str) -> dict[str, str]:
 
     A fusion without metadata of its own takes that of the first op in the computation it
     calls; an op XLA added itself (no metadata anywhere, e.g. the reduce-window of a tree
-    reduction or a broadcast of a constant) takes that of its first attributed operand, else
-    of its first attributed user.
+    reduction, a broadcast of a constant, a product split out of an einsum) takes that of its
+    first attributed user, else of its first attributed operand.
     """
     op_names, calls, operands, computation, first_in = {}, {}, {}, None, {}
     for line in hlo_text.splitlines():
@@ -109,7 +115,7 @@ def operation_parts(hlo_text: str) -> dict[str, str]:
     for name, inputs in operands.items():
         for operand in inputs:
             users[operand].append(name)
-    for neighbours in (operands, users):
+    for neighbours in (users, operands):
         changed = True
         while changed:
             changed = False
@@ -123,6 +129,24 @@ def operation_parts(hlo_text: str) -> dict[str, str]:
         part = next((p for p in PARTS if re.search(rf"\b{p}\b", op_name)), "other")
         parts[name] = f"{part}/{'backward' if 'transpose(' in op_name else 'forward'}"
     return parts
+
+
+def product_flops(hlo_text: str) -> dict[str, float]:
+    """``{name: FLOPs}`` of every plain ``dot`` / ``dot_general`` instruction (those XLA did not
+    fuse into a YNNPACK call): ``2 x output elements x contracted length``."""
+    shapes, flops = {}, {}
+    for line in hlo_text.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \w+\[([\d,]*)\]", line)
+        if match:
+            shapes[match.group(1)] = [int(x) for x in match.group(2).split(",") if x]
+    for line in hlo_text.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ (?:dot|dot_general)\(%([\w.\-]+)", line)
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
+        if match and contracting and match.group(2) in shapes:
+            lhs = shapes[match.group(2)]
+            length = int(np.prod([lhs[int(i)] for i in contracting.group(1).split(",") if i]))
+            flops[match.group(1)] = 2.0 * np.prod(shapes[match.group(1)]) * length
+    return flops
 
 
 def traced_durations(run, steps: int) -> dict[str, float]:
@@ -158,6 +182,7 @@ def main():
         parser.error(f"--source must be in [0, {len(spec['widths'])})")
     compiled, state, batch = build_step(spec, args.source)
     parts = operation_parts(compiled.as_text())
+    products = product_flops(compiled.as_text())
     holder = {"state": state}
 
     def run():
@@ -172,8 +197,11 @@ def main():
         wall.append(time.perf_counter() - start)
     durations = traced_durations(run, args.steps)
     per_part = collections.defaultdict(float)
+    untraced = []  # products whose trace event covers only their launch
     for name, micros in durations.items():
-        if name in parts:
+        if products.get(name, 0.0) / (micros / args.steps * 1e-6 + 1e-12) > UNTRACED_RATE:
+            untraced.append((name, products[name]))
+        elif name in parts:
             per_part[parts[name]] += micros / 1e3 / args.steps
         elif re.fullmatch(r"[\w\-]+(\.\d+)?", name) and "::" not in name:
             per_part["unattributed"] += micros / 1e3 / args.steps  # an op without metadata
@@ -189,6 +217,11 @@ def main():
     print(f"{'part/pass':<24}{'ms/step':>10}{'share':>8}")
     for part, millis in rows:
         print(f"{part:<24}{millis:>10.1f}{millis / total:>8.1%}")
+    for name, flops in untraced:
+        print(
+            f"not in the table: {name} ({parts.get(name, '?')}, {flops / 1e9:.1f} GFLOP) runs "
+            "asynchronously; its trace event covers only the launch"
+        )
     print(
         json.dumps(
             {
@@ -197,6 +230,7 @@ def main():
                 "source": args.source,
                 "wall_s_per_step": round(statistics.median(wall), 4),
                 "operations_ms_per_step": {p: round(m, 1) for p, m in rows},
+                "untraced_products_gflop": {n: round(f / 1e9, 1) for n, f in untraced},
                 "jax": jax.__version__,
             }
         )
