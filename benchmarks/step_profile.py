@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.step_vs_official import CONFIGS  # noqa: E402
+from benchmarks.step_vs_official import CONFIGS, jax_setup  # noqa: E402
 
 UNTRACED_RATE = 5e12
 """FLOP/s above which a product's traced duration cannot be its run time (only its launch)."""
@@ -49,33 +49,12 @@ def build_step(spec: dict, source: int, seed: int = 0):
     """``(compiled step, state, batch)`` of the official step with model ``source`` encoding."""
     import jax
 
-    from usae_jax.config import TrainConfig, USAEConfig
     from usae_jax.parallel.concept import sharded_ops
     from usae_jax.parallel.mesh import create_mesh
-    from usae_jax.train.optim import build_optimizers
-    from usae_jax.train.state import create_train_state
     from usae_jax.train.steps import make_steps
 
-    names = tuple(f"m{i}" for i in range(len(spec["widths"])))
-    config = TrainConfig(
-        usae=USAEConfig(
-            model_names=names,
-            widths=spec["widths"],
-            num_concepts=spec["num_concepts"],
-            top_k=spec["top_k"],
-        ),
-        batch_rows=spec["batch_rows"],
-        num_steps=1000,
-        seed=seed,
-        data_parallel=1,
-    )
-    optimizers, _ = build_optimizers(config, 1000, 100)
-    state = create_train_state(config, optimizers)
-    rng = np.random.default_rng(seed)
-    batch = {
-        name: jax.device_put(rng.standard_normal((spec["batch_rows"], width), np.float32))
-        for name, width in zip(names, spec["widths"], strict=True)
-    }
+    config, optimizers, state, batch = jax_setup(spec, seed)
+    names = config.usae.model_names
     ops = sharded_ops(create_mesh(1, 1))  # what the training loop uses on one device
     body = make_steps(config, optimizers, ops).bodies[names[source]]
     compiled = jax.jit(body, donate_argnums=(0,)).lower(state, batch).compile()

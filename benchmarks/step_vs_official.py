@@ -61,12 +61,12 @@ def required_flops(widths, num_concepts, top_k, batch_rows) -> float:
     return float(np.mean(per_source))
 
 
-def make_jax_step(spec, seed=0):
+def jax_setup(spec, seed=0):
+    """``(config, optimizers, fresh state, batch)`` of our side: the benchmark's synthetic
+    standardised batch ``{m_i: [B, d_i]}`` on the default device."""
     import jax
 
     from usae_jax.config import TrainConfig, USAEConfig
-    from usae_jax.parallel.mesh import create_mesh, state_shardings
-    from usae_jax.train.loop import StepRunner
     from usae_jax.train.optim import build_optimizers
     from usae_jax.train.state import create_train_state
 
@@ -85,16 +85,26 @@ def make_jax_step(spec, seed=0):
         data_parallel=1,
     )
     optimizers, _ = build_optimizers(config, 1000, 100)
-    mesh = create_mesh(1, 1)
-    fresh = create_train_state(config, optimizers)
-    shardings = state_shardings(fresh, mesh, config.usae.num_concepts)
-    state = jax.device_put(fresh, shardings)
-    runner = StepRunner(config, optimizers, mesh, shardings)
     rng = np.random.default_rng(seed)
     batch = {
         n: jax.device_put(rng.standard_normal((spec["batch_rows"], w), np.float32))
         for n, w in zip(names, spec["widths"], strict=True)
     }
+    return config, optimizers, create_train_state(config, optimizers), batch
+
+
+def make_jax_step(spec, seed=0):
+    import jax
+
+    from usae_jax.parallel.mesh import create_mesh, state_shardings
+    from usae_jax.train.loop import StepRunner
+
+    config, optimizers, fresh, batch = jax_setup(spec, seed)
+    names = config.usae.model_names
+    mesh = create_mesh(1, 1)
+    shardings = state_shardings(fresh, mesh, config.usae.num_concepts)
+    state = jax.device_put(fresh, shardings)
+    runner = StepRunner(config, optimizers, mesh, shardings)
     holder = {"state": state, "step": 0}
 
     def step():

@@ -57,11 +57,10 @@ def crosscoder_losses(
     else:
         aux = configured_auxiliary_codes(usae, encoded, dead_mask, ops.top_half)
         usae_no_aux = usae
-    units = [models[name]["dictionary"] for name in usae.model_names]
     if usae.sparsity == "l1":  # no auxiliary term: nothing to decode
         residual_hats = tuple(jnp.zeros_like(batch[name]) for name in usae.model_names)
-    else:
-        residual_hats = auxiliary_decode(aux, units)  # one product for every model
+    else:  # one product for every model
+        residual_hats = auxiliary_decode(aux, [models[n]["dictionary"] for n in usae.model_names])
     active = jnp.any(aux != 0)
     losses = [
         target_loss(
