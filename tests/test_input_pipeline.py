@@ -203,10 +203,26 @@ def test_process_share_reads_its_part_of_the_chunked_batch(memmap, monkeypatch):
 # ----- the zarr store -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_zarr_store_equals_memmap_store_row_for_row(tmp_path, dtype):
+@pytest.mark.parametrize(
+    ("dtype", "read_rows"),
+    [("float32", None), ("bfloat16", None), ("float32", 1000)],
+    ids=["float32-units-of-one-image", "bfloat16-units-of-one-image", "float32-one-unit-per-file"],
+)
+def test_zarr_store_equals_memmap_store_row_for_row(tmp_path, dtype, read_rows):
     memmap = write_memmap(tmp_path / "m", dtype)
-    zarr = zs.convert_store(tmp_path / "m", tmp_path / "z", chunk_rows=8)  # 8: not image-aligned
+    zarr = zs.convert_store(  # 8: not image-aligned
+        tmp_path / "m", tmp_path / "z", chunk_rows=8, read_rows=read_rows
+    )
+    with open(tmp_path / "z" / "a" / "zarr.json") as f:
+        codecs = [c["name"] for c in json.load(f)["codecs"]]
+    if read_rows is None:  # files of 12 rows (8 rounded up to whole images), units of 6
+        assert codecs == ["sharding_indexed"]
+        assert zarr.manifest["arrays"]["a"] | {"sha256": ""} == {
+            "path": "a/", "chunk_rows": 12, "read_rows": 6, "sha256": ""
+        }  # fmt: skip
+    else:  # the layout of stores written before read units: one checked unit per file
+        assert codecs == ["bytes", "crc32c"]
+        assert zarr.manifest["arrays"]["a"]["chunk_rows"] == 8
     again = zs.ZarrStore(tmp_path / "z", verify=True)
     for key in ("grid", "image_ids", "num_rows", "tokens_per_image", "complete", "models"):
         assert again.manifest[key] == memmap.manifest[key], key

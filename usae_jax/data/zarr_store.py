@@ -4,14 +4,15 @@ The same content as the memory-mapped store (:mod:`usae_jax.data.store`), laid o
 hosts can read one copy from a shared bucket::
 
     manifest.json     # models (width, layer, dtype, backbone, mean/std), grid, image ids, rows
-    <model>/          # a zarr v3 array [num_rows, width] per model, chunks of ``chunk_rows`` rows
+    <model>/          # a zarr v3 array [num_rows, width] per model: one file per ``chunk_rows``
+                      # rows, inside it units of ``read_rows`` rows (one image), each checksummed
 
 The location is a tensorstore *kvstore*: a local folder (``file`` driver), an in-process
 ``{"driver": "memory"}`` store (tests), or a bucket (``gcs``, ``s3``; see
-``docs/input_pipeline.md``). Every chunk carries a crc32c checksum that tensorstore checks on each
-read, and the manifest holds a sha256 of each model's full array (checked with ``verify=True``).
-The manifest is written last: a store without one is not a store, so an interrupted write is
-never read as complete.
+``docs/input_pipeline.md``). Every read unit carries a crc32c checksum that tensorstore checks on
+each read, and the manifest holds a sha256 of each model's full array (checked with
+``verify=True``). The manifest is written last: a store without one is not a store, so an
+interrupted write is never read as complete.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -201,22 +202,26 @@ class ZarrStore:
         """Rows ``[start, stop)`` of model ``name`` as stored (float32/float16/bfloat16)."""
         return self._result(name, self.arrays[name][start:stop].read())
 
+    def read_pieces(self, name: str, spans: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
+        """The rows of each span (``(start, stop)`` pairs) as stored, ``[stop - start, width]``,
+        in order. All reads are issued before the first is awaited, so tensorstore fetches
+        them concurrently."""
+        futures = [self.arrays[name][start:stop].read() for start, stop in spans]
+        for future in futures:
+            yield self._result(name, future)
+
     def read_blocks(
         self, name: str, spans: Sequence[tuple[int, int]], out: np.ndarray | None = None
     ) -> np.ndarray:
-        """Concatenated rows of ``spans`` (``(start, stop)`` pairs) as float32 ``[sum, width]``.
-
-        All reads are issued at once, so tensorstore fetches them concurrently.
-        """
+        """Concatenated rows of ``spans`` (``(start, stop)`` pairs) as float32 ``[sum, width]``."""
         total = sum(stop - start for start, stop in spans)
         width = int(self.models[name]["width"])
         if out is None:
             out = np.empty((total, width), np.float32)
-        futures = [self.arrays[name][start:stop].read() for start, stop in spans]
         pos = 0
-        for (start, stop), future in zip(spans, futures, strict=True):
-            out[pos : pos + stop - start] = self._result(name, future)
-            pos += stop - start
+        for piece in self.read_pieces(name, spans):
+            out[pos : pos + len(piece)] = piece
+            pos += len(piece)
         return out
 
     def read(self, name: str, indices: np.ndarray) -> np.ndarray:
@@ -237,7 +242,36 @@ def _write_manifest(spec: Mapping[str, Any], manifest: Mapping[str, Any], contex
     kv.write(MANIFEST, json.dumps(manifest, indent=1).encode()).result()
 
 
-def _create_array(spec, name: str, rows: int, width: int, dtype: str, chunk_rows: int, context):
+def _layout(rows: int, chunk_rows: int, read_rows: int) -> tuple[int, int]:
+    """``(rows per file, rows per read unit)`` of an array of ``rows`` rows: files of
+    ``chunk_rows`` rows (at most the array) rounded up to whole read units; a read unit no
+    larger than the file (then the file is one unit)."""
+    file_rows = max(1, min(chunk_rows, rows))
+    read_rows = max(1, min(read_rows, file_rows))
+    return -(-file_rows // read_rows) * read_rows, read_rows
+
+
+def _create_array(
+    spec, name: str, rows: int, width: int, dtype: str, chunk_rows: int, read_rows: int, context
+):
+    """A zarr v3 array ``[rows, width]``: one file (shard) per ``chunk_rows`` rows, read in units
+    of ``read_rows`` rows, each unit with its own crc32c (``sharding_indexed``), so a read of one
+    shuffle chunk fetches and checks that unit alone, not the whole file."""
+    file_rows, read_rows = _layout(rows, chunk_rows, read_rows)
+    checked = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+    codecs = checked
+    if read_rows < file_rows:
+        codecs = [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": [read_rows, width],
+                    "codecs": checked,
+                    "index_codecs": checked,
+                    "index_location": "end",
+                },
+            }
+        ]
     return ts.open(
         {
             "driver": "zarr3",
@@ -247,12 +281,9 @@ def _create_array(spec, name: str, rows: int, width: int, dtype: str, chunk_rows
                 "data_type": dtype,
                 "chunk_grid": {
                     "name": "regular",
-                    "configuration": {"chunk_shape": [min(chunk_rows, max(rows, 1)), width]},
+                    "configuration": {"chunk_shape": [file_rows, width]},
                 },
-                "codecs": [
-                    {"name": "bytes", "configuration": {"endian": "little"}},
-                    {"name": "crc32c"},
-                ],  # fmt: skip
+                "codecs": codecs,
             },
             "create": True,
             "delete_existing": True,
@@ -272,22 +303,44 @@ def _copy_rows(target: ts.TensorStore, read, rows: int, step: int, dtype) -> str
     return digest.hexdigest()
 
 
-def _write(location, manifest: dict, readers: Mapping[str, Any], chunk_rows: int, context):
-    """Write every model's array through ``readers[name](start, stop)``, then the manifest."""
+def _write(
+    location,
+    manifest: dict,
+    readers: Mapping[str, Any],
+    chunk_rows: int,
+    read_rows: int | None,
+    context,
+):
+    """Write every model's array through ``readers[name](start, stop)``, then the manifest.
+
+    ``read_rows=None``: one image's tokens (the manifest's ``tokens_per_image``), the unit the
+    Grain pipeline shuffles by default."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    if read_rows is None:
+        read_rows = int(manifest.get("tokens_per_image") or chunk_rows)
+    if read_rows < 1:
+        raise ValueError(f"read_rows must be positive, got {read_rows}")
     spec = kvstore_spec(location)
     context = context or ts.Context()
     kv = ts.KvStore.open(spec, context=context).result()
     kv.delete_range(ts.KvStore.KeyRange(MANIFEST, MANIFEST + "\0")).result()  # uncommit first
     rows = int(manifest["num_rows"])
+    file_rows, unit_rows = _layout(rows, chunk_rows, read_rows)
     arrays = {}
     for model in manifest["models"]:
         name, dtype = model["name"], model["dtype"]
-        target = _create_array(spec, name, rows, model["width"], dtype, chunk_rows, context)
-        step = chunk_rows * _WRITE_CHUNKS
+        target = _create_array(
+            spec, name, rows, model["width"], dtype, chunk_rows, read_rows, context
+        )
+        step = file_rows * _WRITE_CHUNKS
         digest = _copy_rows(target, readers[name], rows, step, DTYPES[dtype])
-        arrays[name] = {"path": name + "/", "chunk_rows": chunk_rows, "sha256": digest}
+        arrays[name] = {
+            "path": name + "/",
+            "chunk_rows": file_rows,
+            "read_rows": unit_rows,
+            "sha256": digest,
+        }
     manifest = dict(manifest) | {"format": FORMAT, "arrays": arrays}
     manifest.pop("shards", None)
     _write_manifest(spec, manifest, context)
@@ -303,10 +356,13 @@ def write_zarr_store(
     chunk_rows: int = 4096,
     meta: Mapping[str, Any] | None = None,
     context: ts.Context | None = None,
+    read_rows: int | None = None,
 ) -> ZarrStore:
     """Write in-memory ``{name: [images * h * w, width]}`` as a complete zarr store.
 
     Standardisation statistics are fitted as :func:`usae_jax.data.store.write_store` does.
+    ``chunk_rows`` rows go into one file, read in units of ``read_rows`` rows (default: one
+    image's ``h * w`` tokens; see :func:`convert_store`).
     """
     rows = {name: int(np.shape(a)[0]) for name, a in arrays.items()}
     per = int(np.prod(grid))
@@ -331,7 +387,7 @@ def write_zarr_store(
         "meta": dict(meta or {}),
     }
     readers = {name: (lambda start, stop, a=a: a[start:stop]) for name, a in arrays.items()}
-    return _write(location, manifest, readers, chunk_rows, context)
+    return _write(location, manifest, readers, chunk_rows, read_rows, context)
 
 
 def convert_store(
@@ -340,11 +396,18 @@ def convert_store(
     chunk_rows: int = 4096,
     verify: bool = True,
     context: ts.Context | None = None,
+    read_rows: int | None = None,
 ) -> ZarrStore:
     """Copy a memory-mapped store (``src``) into a zarr store at ``dst``, row for row.
 
     Models, widths, dtypes, standardisation statistics, grid, image ids and meta carry over
     unchanged; the source's shard checksums are checked first when ``verify``.
+
+    Layout: one file (object) per ``chunk_rows`` rows (rounded up to whole read units), read in
+    units of ``read_rows`` rows (default: one image's tokens, the Grain pipeline's default
+    shuffle unit), each unit with its own checksum. A batch then reads only the units it
+    needs: with units as large as the file, every 196-row run of a batch fetched and checked
+    the whole 4096-row file (about 6x slower reads, ``benchmarks/RESULTS.md``).
     """
     store = Store(src, verify=verify)
 
@@ -364,4 +427,6 @@ def convert_store(
 
     manifest = dict(store.manifest)
     manifest["meta"] = dict(manifest.get("meta", {})) | {"converted_from": store.directory}
-    return _write(dst, manifest, {n: reader(n) for n in store.names}, chunk_rows, context)
+    return _write(
+        dst, manifest, {n: reader(n) for n in store.names}, chunk_rows, read_rows, context
+    )
