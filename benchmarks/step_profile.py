@@ -45,19 +45,24 @@ PARTS = ("auxk_select", "auxk_product", "top_k", "encode", "decode", "loss", "op
 :func:`usae_jax.model.usae.encode`), most specific first."""
 
 
-def build_step(spec: dict, source: int, seed: int = 0):
-    """``(compiled step, state, batch)`` of the official step with model ``source`` encoding."""
+def build_step(spec: dict, source: int, seed: int = 0, default_options: bool = False):
+    """``(compiled step, state, batch)`` of the official step with model ``source`` encoding,
+    compiled as the training loop compiles it (``default_options``: with XLA's defaults)."""
     import jax
 
+    from usae_jax.parallel.compiler import step_compiler_options
     from usae_jax.parallel.concept import sharded_ops
     from usae_jax.parallel.mesh import create_mesh
     from usae_jax.train.steps import make_steps
 
     config, optimizers, state, batch = jax_setup(spec, seed)
     names = config.usae.model_names
-    ops = sharded_ops(create_mesh(1, 1))  # what the training loop uses on one device
+    mesh = create_mesh(1, 1)
+    ops = sharded_ops(mesh)  # what the training loop uses on one device
     body = make_steps(config, optimizers, ops).bodies[names[source]]
-    compiled = jax.jit(body, donate_argnums=(0,)).lower(state, batch).compile()
+    options = None if default_options else step_compiler_options(mesh)
+    compiled = jax.jit(body, donate_argnums=(0,), compiler_options=options)
+    compiled = compiled.lower(state, batch).compile()
     return compiled, state, batch
 
 
@@ -151,6 +156,12 @@ def main():
     parser.add_argument("--config", default="paper", choices=sorted(CONFIGS), help="step size")
     parser.add_argument("--source", type=int, default=0, help="index of the encoding model")
     parser.add_argument("--steps", type=int, default=3, help="timed steps, then traced steps")
+    parser.add_argument(
+        "--xla_defaults",
+        action="store_true",
+        help="compile with XLA's default options instead of the training loop's "
+        "(usae_jax.parallel.compiler)",
+    )
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be positive")
@@ -159,7 +170,7 @@ def main():
     spec = CONFIGS[args.config]
     if not 0 <= args.source < len(spec["widths"]):
         parser.error(f"--source must be in [0, {len(spec['widths'])})")
-    compiled, state, batch = build_step(spec, args.source)
+    compiled, state, batch = build_step(spec, args.source, default_options=args.xla_defaults)
     parts = operation_parts(compiled.as_text())
     products = product_flops(compiled.as_text())
     holder = {"state": state}
@@ -191,7 +202,8 @@ def main():
         f"concepts, k={spec['top_k']}, {spec['batch_rows']} rows), source m{args.source}; "
         f"{jax.devices()[0].platform} ({platform.processor() or 'cpu'}), jax {jax.__version__}; "
         f"wall {statistics.median(wall):.3f} s/step (median of {args.steps}), "
-        f"summed XLA operations {total / 1e3:.3f} s/step"
+        f"summed XLA operations {total / 1e3:.3f} s/step; "
+        f"{'XLA default options' if args.xla_defaults else 'the training loop options'}"
     )
     print(f"{'part/pass':<24}{'ms/step':>10}{'share':>8}")
     for part, millis in rows:
@@ -208,6 +220,7 @@ def main():
                 "config": args.config,
                 "source": args.source,
                 "wall_s_per_step": round(statistics.median(wall), 4),
+                "xla_defaults": args.xla_defaults,
                 "operations_ms_per_step": {p: round(m, 1) for p, m in rows},
                 "untraced_products_gflop": {n: round(f / 1e9, 1) for n, f in untraced},
                 "jax": jax.__version__,

@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {
     "paper": dict(widths=(768, 384, 768), num_concepts=6144, top_k=32, batch_rows=6272),
     "small": dict(widths=(256, 128, 256), num_concepts=2048, top_k=16, batch_rows=2048),
+    # The default run's model (experiments/configs/default.py on the planted data).
+    "default": dict(widths=(64, 48, 96), num_concepts=256, top_k=8, batch_rows=1024),
     # The paper config at 4x the concepts (the GPU suite's second point).
     "paper4x": dict(widths=(768, 384, 768), num_concepts=24576, top_k=32, batch_rows=6272),
 }

@@ -19,6 +19,7 @@ import numpy as np
 from usae_jax import config as config_lib
 from usae_jax.config_io import bind_models, to_dict
 from usae_jax.data.source import PairedSource
+from usae_jax.parallel.compiler import step_compiler_options
 from usae_jax.parallel.concept import sharded_ops
 from usae_jax.parallel.hosts import ProcessShare
 from usae_jax.parallel.mesh import (
@@ -73,7 +74,8 @@ class StepRunner:
     With ``config.steps_per_dispatch > 1`` a chunk of steps runs inside one jitted
     ``lax.scan`` instead (``lax.switch`` over the per-source bodies, the branch index of each
     step drawn on the host as before and passed as data): one compilation per chunk length.
-    ``traces`` counts how often a step body was traced, so tests can pin compilations.
+    ``traces`` counts how often a step body was traced, so tests can pin compilations. Steps
+    compile with :func:`~usae_jax.parallel.compiler.step_compiler_options` of the mesh.
     """
 
     def __init__(self, config: config_lib.TrainConfig, optimizers: dict, mesh, state_sharding):
@@ -82,6 +84,7 @@ class StepRunner:
         self.traces = 0
         self._plan = make_steps(config, optimizers, sharded_ops(mesh))
         self._keys = list(self._plan.bodies)
+        options = step_compiler_options(mesh)
         if config.steps_per_dispatch == 1:
             self._steps = {
                 key: jax.jit(
@@ -89,6 +92,7 @@ class StepRunner:
                     in_shardings=(state_sharding, row_sharded(mesh)),
                     out_shardings=(state_sharding, replicated(mesh)),
                     donate_argnums=(0,),
+                    compiler_options=options,
                 )
                 for key, body in self._plan.bodies.items()
             }
@@ -98,6 +102,7 @@ class StepRunner:
                 in_shardings=(state_sharding, chunk_row_sharded(mesh), replicated(mesh)),
                 out_shardings=(state_sharding, replicated(mesh)),
                 donate_argnums=(0,),
+                compiler_options=options,
             )
         self._block = must_block_each_step(mesh)
 

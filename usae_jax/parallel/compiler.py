@@ -1,0 +1,45 @@
+"""Compiler options for the training step, chosen by the platform of its mesh.
+
+On XLA:CPU (jaxlib 0.10) the step's matrix products, elementwise ops and reductions go to
+YNNPACK fusions by default. Its reduce fusions are slow for the step's BatchNorm backward pass
+(column reductions over ``[B, n]`` fused with broadcasts): at the paper config one such fusion
+took 0.95 s of a 3.7-4.0 s step. With only the products handed to YNNPACK
+(``LIBRARY_FUSION_TYPE_DOT``) XLA's own loop fusions run the rest and the step takes 3.0-3.1 s
+(``benchmarks/RESULTS.md``; the same math, float sums in another order). Other platforms get no
+options.
+
+The option is an experimental XLA flag: a jaxlib that does not know it (or its value) rejects
+it, so it is probed once per process with a trivial compilation and left out if refused.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+CPU_STEP_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+"""XLA:CPU options of the training step: YNNPACK fusions for products only."""
+
+
+@functools.cache
+def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib compiles a trivial CPU function with ``options``."""
+    try:
+        probe = jax.jit(lambda x: jnp.sum(x * 2.0), compiler_options=dict(options))
+        probe.lower(jax.ShapeDtypeStruct((4,), jnp.float32)).compile()
+    except Exception:  # noqa: BLE001 - any refusal means: do not use these options
+        return False
+    return True
+
+
+def step_compiler_options(mesh: Mesh) -> dict[str, str] | None:
+    """``compiler_options`` for ``jax.jit`` of a step on ``mesh``: :data:`CPU_STEP_OPTIONS` on a
+    CPU mesh whose jaxlib accepts them, else None."""
+    if {device.platform for device in mesh.devices.flat} != {"cpu"}:
+        return None
+    if not _accepted(tuple(sorted(CPU_STEP_OPTIONS.items()))):
+        return None
+    return dict(CPU_STEP_OPTIONS)
