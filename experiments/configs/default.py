@@ -1,10 +1,10 @@
 """Default run: a USAE on the built-in planted-concept data (3 synthetic models).
 
 Launch:  python -m experiments.train --workdir=runs/default
-Runtime: about 1.5-2 minutes on a 2-core CPU (8000 steps of 1024 rows).
-Expected: shared-concept recovery (mean max cosine) >= 0.93 for every model, with a few shared
-concepts per model below 0.75 and every private one above 0.98 (printed per concept); self-R²
-about 0.89-0.93 and cross-R² about 0.67-0.71 (the run prints that the planted shared concepts
+Runtime: about 45 s of training on an idle 2-core CPU (8000 steps of 1024 rows).
+Expected: shared-concept recovery (mean max cosine) about 0.93-0.95 for every model, with a few
+shared concepts per model below 0.75 and every private one above 0.98 (printed per concept);
+self-R² about 0.89-0.93 and cross-R² about 0.67-0.71 (the run prints that the planted shared concepts
 carry 72-73% of each model's variance, so cross-R² near that is the ceiling).
 """
 
