@@ -8,8 +8,9 @@
 #    6144 concepts, k = 32, 6272 rows) and at 4x the concepts (24576): rows/s of both and the ratio
 #    (benchmarks/step_vs_official.py --config=paper,paper4x).
 # 2. The loaders' rates feeding the GPU: the memmap store's prefetch to the device
-#    (benchmarks/loader_throughput.py) and the Grain pipeline against the raw read rate with
-#    0/1/2/4 workers (benchmarks/input_pipeline.py).
+#    (benchmarks/loader_throughput.py) and the Grain pipeline against the raw read rate of the
+#    page cache and of the disk with 2 and 8 read threads and 2 and 4 worker processes, one round
+#    over a 0.77 GB store (benchmarks/input_pipeline.py; its default is 3 rounds over 1.5 GB).
 #
 # What it needs beside this repository: jax with CUDA, torch, flax, optax, orbax-checkpoint,
 # absl-py, grain and tensorstore. A machine without a network gets what is missing from wheels
@@ -50,6 +51,7 @@ rounds="${USAE_GPU_SUITE_ROUNDS:-3}"
 # Each part has its own time limit so that one slow part cannot take the whole budget.
 timeout 330 python benchmarks/step_vs_official.py --config="$configs" \
   --steps="$steps" --rounds="$rounds" | tee "$out/step_vs_official.txt"
-timeout 60 python benchmarks/loader_throughput.py --steps=20 | tee "$out/loader_throughput.txt"
-timeout 60 python benchmarks/input_pipeline.py --workers=0,1,2,4 | tee "$out/input_pipeline.txt"
+timeout 45 python benchmarks/loader_throughput.py --steps=20 | tee "$out/loader_throughput.txt"
+timeout 75 python benchmarks/input_pipeline.py --rows=100352 --rounds=1 --steps=12 \
+  --threads=2,8 --workers=0,2,4 | tee "$out/input_pipeline.txt"
 echo "results in $out"

@@ -365,6 +365,8 @@ def test_convert_command_and_benchmark_run(memmap, tmp_path):
             "--batch_rows=120",
             "--steps=2",
             "--workers=0",
+            "--threads=1",
+            "--rounds=1",
         ],  # fmt: skip
         check=True,
         cwd=ROOT,
@@ -374,5 +376,7 @@ def test_convert_command_and_benchmark_run(memmap, tmp_path):
     ).stdout
     result = json.loads(out.splitlines()[0])
     assert result["benchmark"] == "input_pipeline"
-    assert {r["store"] for r in result["rows"]} == {"memmap", "zarr"}
-    assert all(r["rows_per_s"] > 0 for r in result["rows"]) and result["raw_MB_per_s"] > 0
+    assert {(r["medium"], r["store"]) for r in result["rows"]} == {
+        (medium, store) for medium in ("page_cache", "disk") for store in ("memmap", "zarr")
+    }
+    assert all(r["rows_per_s"] > 0 and r["raw_MB_per_s"] > 0 for r in result["rows"])

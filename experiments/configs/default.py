@@ -4,8 +4,8 @@ Launch:  python -m experiments.train --workdir=runs/default
 Runtime: about 45 s of training on an idle 2-core CPU (8000 steps of 1024 rows).
 Expected: shared-concept recovery (mean max cosine) about 0.93-0.95 for every model, with a few
 shared concepts per model below 0.75 and every private one above 0.98 (printed per concept);
-self-R² about 0.89-0.93 and cross-R² about 0.67-0.71 (the run prints that the planted shared concepts
-carry 72-73% of each model's variance, so cross-R² near that is the ceiling).
+self-R² about 0.89-0.93 and cross-R² about 0.67-0.71 (the run prints that the planted shared
+concepts carry 72-73% of each model's variance, so cross-R² near that is the ceiling).
 """
 
 from usae_jax.config import OptimConfig, TrainConfig, USAEConfig
