@@ -82,7 +82,7 @@ def encode_joint(
         _, _, indices = top_k_fn(jax.lax.stop_gradient(scores), usae.top_k)
         values = jnp.take_along_axis(acts, indices, axis=1)
         rows = jnp.arange(acts.shape[0])[:, None]
-        codes = jnp.zeros_like(acts).at[rows, indices].set(values)
+        codes = jnp.zeros_like(acts).at[rows, indices].set(values, unique_indices=True)
         return Encoded(pre, codes, values, indices), scores
     raise ValueError(f"sparsity={usae.sparsity!r} is not a crosscoder rule")
 

@@ -57,7 +57,7 @@ def global_top_k(logits: dict[str, jax.Array], k: int) -> dict[str, Encoded]:
     out = {}
     for name, h in logits.items():
         values = jax.nn.relu(jnp.take_along_axis(h, indices, axis=1))
-        codes = jnp.zeros_like(h).at[rows, indices].set(values)
+        codes = jnp.zeros_like(h).at[rows, indices].set(values, unique_indices=True)
         out[name] = Encoded(h, codes, values, indices)
     return out
 

@@ -78,7 +78,7 @@ def top_k_codes(activations: jax.Array, k: int) -> tuple[jax.Array, jax.Array, j
     """
     values, indices = jax.lax.top_k(activations, k)
     rows = jnp.arange(activations.shape[0])[:, None]
-    dense = jnp.zeros_like(activations).at[rows, indices].set(values)
+    dense = jnp.zeros_like(activations).at[rows, indices].set(values, unique_indices=True)
     return dense, values, indices
 
 

@@ -40,7 +40,7 @@ def top_half_codes_by_sort(pre_codes: jax.Array, codes: jax.Array) -> jax.Array:
     unchosen = jax.nn.relu(pre_codes) - codes
     values, indices = jax.lax.top_k(unchosen, unchosen.shape[1] // 2)
     rows = jnp.arange(unchosen.shape[0])[:, None]
-    return jnp.zeros_like(unchosen).at[rows, indices].set(values)
+    return jnp.zeros_like(unchosen).at[rows, indices].set(values, unique_indices=True)
 
 
 def auxiliary_codes(
@@ -93,7 +93,7 @@ def auxiliary_codes(
         k = min(dead_k_aux, candidates.shape[1])
         values, indices = jax.lax.top_k(candidates, k)
         rows = jnp.arange(candidates.shape[0])[:, None]
-        return jnp.zeros_like(candidates).at[rows, indices].set(values)
+        return jnp.zeros_like(candidates).at[rows, indices].set(values, unique_indices=True)
     raise ValueError(f"unknown auxiliary rule {rule!r}")
 
 
