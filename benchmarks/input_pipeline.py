@@ -13,7 +13,8 @@ measures
   raw       reading every data file of the store sequentially with numpy;
   grain w=N GrainSource batches (chunked shuffle, standardised float32, NaN/Inf checked) with N
             worker processes (0: the training process's read threads).
-A configuration times ``--steps`` batches after its first (worker start-up excluded), all in the
+A configuration times ``--steps`` batches in the steady state: after its first batch (worker
+start-up) and the batches its workers and threads may have read ahead meanwhile, all within the
 first epoch, so on the disk medium no row is read twice. Prints one JSON line, then a table.
 """
 
@@ -43,7 +44,7 @@ _ZARR_READ = flags.DEFINE_integer(
 )
 _MEDIA = flags.DEFINE_list("media", ["page_cache", "disk"], "Media to time: page_cache, disk.")
 _STEPS = flags.DEFINE_integer(
-    "steps", 20, "Batches timed per configuration (at most an epoch's batches minus one)."
+    "steps", 20, "Batches timed per configuration (at most an epoch's batches minus those skipped)."
 )
 _WORKERS = flags.DEFINE_list(
     "workers", ["0", "1", "2"], "Grain worker process counts to time (0: read threads only)."
@@ -109,14 +110,23 @@ def raw_rate(folder, medium: str) -> tuple[float, int]:
     return time.perf_counter() - tic, total
 
 
+def read_ahead(workers: int, buffer: int) -> int:
+    """Batches a pipeline can have read before it is asked for them (each worker's buffer and
+    the process's own read-ahead): skipped before timing, so that they are not counted as free."""
+    return workers * buffer + buffer
+
+
 def grain_rate(folder, medium: str, workers: int, threads: int, batch: int, steps: int) -> float:
-    """Rows/s of ``steps`` batches after the first (worker start-up excluded), the store opened
-    afresh (no page of it mapped before)."""
+    """Rows/s of ``steps`` batches in the steady state: after the first batch (start-up) and the
+    batches the pipeline may have read ahead meanwhile; the store opened afresh (no page of it
+    mapped before)."""
     config = PipelineConfig(chunk_rows=_CHUNK.value, workers=workers, threads=threads)
+    skip = 1 + read_ahead(workers, config.buffer)
     prepare(folder, medium)
     with GrainSource(folder, config, verify=False) as source:
-        iterator = source.iterator(batch, seed=0, stop_step=steps + 1)
-        next(iterator)
+        iterator = source.iterator(batch, seed=0, stop_step=skip + steps)
+        for _ in range(skip):
+            next(iterator)
         tic = time.perf_counter()
         for _ in range(steps):
             next(iterator)
@@ -150,7 +160,8 @@ def main(argv):
         del memmap, zarr  # no mapping may keep pages in the cache
         folders = {"memmap": path, "zarr": zarr_path}
         batch = min(_BATCH.value, num_rows)
-        steps = min(_STEPS.value, max(1, num_rows // batch - 1))
+        most_skipped = 1 + read_ahead(max(map(int, _WORKERS.value)), PipelineConfig().buffer)
+        steps = min(_STEPS.value, max(1, num_rows // batch - most_skipped))
         setups = [(w, t) for w in map(int, _WORKERS.value)
                   for t in (map(int, _THREADS.value) if w == 0 else [2])]  # fmt: skip
         readings: dict[tuple, list[float]] = {}
