@@ -82,8 +82,9 @@ def prepare(folder, medium: str) -> None:
     if medium == "disk":
         drop_from_page_cache(folder)
     else:
+        buffer = np.empty(_RAW_BUFFER, np.uint8)
         for path in _files(folder):
-            _read_all(path, np.empty(_RAW_BUFFER, np.uint8))
+            _read_all(path, buffer)
 
 
 _RAW_BUFFER = 64 << 20

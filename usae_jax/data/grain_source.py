@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -146,17 +147,6 @@ _TILE_BYTES = 1 << 19
 passes and its finite check run in the core's cache after the copy brings it in."""
 
 
-def _memmap_pieces(store: Store, name: str, spans: np.ndarray):
-    """The stored rows of ``spans`` ``[runs, 2]`` as views of the shards, in order."""
-    for start, stop in spans:
-        bounds = np.clip(store.offsets, start, stop)
-        for i, shard in enumerate(store.shards[name]):
-            lo, hi = bounds[i], bounds[i + 1]
-            if hi > lo:
-                base = store.offsets[i]
-                yield shard[lo - base : hi - base]
-
-
 def _fill(
     out: np.ndarray,
     pieces,
@@ -244,11 +234,14 @@ class StoreRows:
         out = {}
         for name in self.names:
             shape = (total, int(self.store.models[name]["width"]))
-            block = SharedMemoryArray(shape, np.float32) if self.shared_memory else None
-            if block is None or block.size == 0:
+            if self.shared_memory and total > 0:  # shared memory cannot be empty
+                block = SharedMemoryArray(shape, np.float32)
+            else:
                 block = np.empty(shape, np.float32)
             if isinstance(self.store, Store):
-                pieces = _memmap_pieces(self.store, name, spans)
+                pieces = itertools.chain.from_iterable(
+                    self.store.pieces(name, int(a), int(b)) for a, b in spans
+                )
             else:
                 pieces = self.store.read_pieces(name, [(int(a), int(b)) for a, b in spans])
             st = self.standardisation

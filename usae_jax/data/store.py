@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
@@ -358,6 +358,15 @@ class Store:
     @property
     def num_rows(self) -> int:
         return int(self.manifest["num_rows"])
+
+    def pieces(self, name: str, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Rows ``[start, stop)`` of model ``name`` as stored (no copy, no upcast): views of the
+        shards that hold them, in order, ``[rows_i, width]`` each."""
+        bounds = np.clip(self.offsets, start, stop)
+        for i, shard in enumerate(self.shards[name]):
+            lo, hi = bounds[i], bounds[i + 1]
+            if hi > lo:
+                yield shard[lo - self.offsets[i] : hi - self.offsets[i]]
 
     def read(self, name: str, indices: np.ndarray) -> np.ndarray:
         """Raw rows of model ``name`` at sorted ``indices``: float32 ``[len(indices), width]``."""

@@ -210,20 +210,6 @@ class ZarrStore:
         for future in futures:
             yield self._result(name, future)
 
-    def read_blocks(
-        self, name: str, spans: Sequence[tuple[int, int]], out: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Concatenated rows of ``spans`` (``(start, stop)`` pairs) as float32 ``[sum, width]``."""
-        total = sum(stop - start for start, stop in spans)
-        width = int(self.models[name]["width"])
-        if out is None:
-            out = np.empty((total, width), np.float32)
-        pos = 0
-        for piece in self.read_pieces(name, spans):
-            out[pos : pos + len(piece)] = piece
-            pos += len(piece)
-        return out
-
     def read(self, name: str, indices: np.ndarray) -> np.ndarray:
         """Raw rows of model ``name`` at sorted ``indices``: float32 ``[len(indices), width]``."""
         indices = np.asarray(indices, np.int64)
@@ -234,7 +220,7 @@ class ZarrStore:
 
     def array(self, name: str) -> np.ndarray:
         """All rows of one model in memory, float32 ``[num_rows, width]`` (small stores)."""
-        return self.read_blocks(name, [(0, self.num_rows)])
+        return self.read_block(name, 0, self.num_rows).astype(np.float32)
 
 
 def _write_manifest(spec: Mapping[str, Any], manifest: Mapping[str, Any], context) -> None:
@@ -252,12 +238,12 @@ def _layout(rows: int, chunk_rows: int, read_rows: int) -> tuple[int, int]:
 
 
 def _create_array(
-    spec, name: str, rows: int, width: int, dtype: str, chunk_rows: int, read_rows: int, context
+    spec, name: str, rows: int, width: int, dtype: str, file_rows: int, read_rows: int, context
 ):
-    """A zarr v3 array ``[rows, width]``: one file (shard) per ``chunk_rows`` rows, read in units
-    of ``read_rows`` rows, each unit with its own crc32c (``sharding_indexed``), so a read of one
-    shuffle chunk fetches and checks that unit alone, not the whole file."""
-    file_rows, read_rows = _layout(rows, chunk_rows, read_rows)
+    """A zarr v3 array ``[rows, width]``: one file (shard) per ``file_rows`` rows, read in units
+    of ``read_rows`` rows (from :func:`_layout`), each unit with its own crc32c
+    (``sharding_indexed``), so a read of one shuffle chunk fetches and checks that unit alone,
+    not the whole file."""
     checked = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
     codecs = checked
     if read_rows < file_rows:
@@ -331,7 +317,7 @@ def _write(
     for model in manifest["models"]:
         name, dtype = model["name"], model["dtype"]
         target = _create_array(
-            spec, name, rows, model["width"], dtype, chunk_rows, read_rows, context
+            spec, name, rows, model["width"], dtype, file_rows, unit_rows, context
         )
         step = file_rows * _WRITE_CHUNKS
         digest = _copy_rows(target, readers[name], rows, step, DTYPES[dtype])
@@ -414,14 +400,7 @@ def convert_store(
     def reader(name):
         def read(start, stop):
             # Stored dtype, no upcast: a float16/bfloat16 store converts bit for bit.
-            spec = store.models[name]
-            out = np.empty((stop - start, spec["width"]), DTYPES[spec["dtype"]])
-            bounds = np.clip(store.offsets, start, stop)
-            for i, shard in enumerate(store.shards[name]):
-                lo, hi, base = bounds[i], bounds[i + 1], store.offsets[i]
-                if hi > lo:
-                    out[lo - start : hi - start] = shard[lo - base : hi - base]
-            return out
+            return np.concatenate(list(store.pieces(name, start, stop)))
 
         return read
 
