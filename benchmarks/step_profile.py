@@ -157,6 +157,9 @@ def main():
     parser.add_argument("--source", type=int, default=0, help="index of the encoding model")
     parser.add_argument("--steps", type=int, default=3, help="timed steps, then traced steps")
     parser.add_argument(
+        "--ops", type=int, default=0, help="also list the N slowest operations with their HLO"
+    )
+    parser.add_argument(
         "--xla_defaults",
         action="store_true",
         help="compile with XLA's default options instead of the training loop's "
@@ -213,6 +216,15 @@ def main():
             f"not in the table: {name} ({parts.get(name, '?')}, {flops / 1e9:.1f} GFLOP) runs "
             "asynchronously; its trace event covers only the launch"
         )
+    if args.ops:
+        print(f"the {args.ops} slowest operations (ms/step, part, HLO instruction):")
+        hlo = {
+            m.group(1): m.group(0).strip()
+            for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*$", compiled.as_text(), re.M)
+        }
+        listed = sorted((d for d in durations.items() if d[0] in parts), key=lambda d: -d[1])
+        for name, micros in listed[: args.ops]:
+            print(f"{micros / 1e3 / args.steps:8.1f}  {parts[name]:<24}{hlo[name][:160]}")
     print(
         json.dumps(
             {

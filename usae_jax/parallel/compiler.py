@@ -1,12 +1,13 @@
 """Compiler options for the training step, chosen by the platform of its mesh.
 
 On XLA:CPU (jaxlib 0.10) the step's matrix products, elementwise ops and reductions go to
-YNNPACK fusions by default. Its reduce fusions are slow for the step's BatchNorm backward pass
-(column reductions over ``[B, n]`` fused with broadcasts): at the paper config one such fusion
-took 0.95 s of a 3.7-4.0 s step. With only the products handed to YNNPACK
-(``LIBRARY_FUSION_TYPE_DOT``) XLA's own loop fusions run the rest and the step takes 3.0-3.1 s
-(``benchmarks/RESULTS.md``; the same math, float sums in another order). Other platforms get no
-options.
+YNNPACK fusions by default. Its reduce fusion of the step's BatchNorm backward pass (column
+reductions over ``[B, n]`` fused with broadcasts) is slow: 0.24-0.95 s of a 4-4.6 s paper step
+in the profiles of ``benchmarks/step_profile.py --xla_defaults --ops=6``. With only the products
+handed to YNNPACK (``LIBRARY_FUSION_TYPE_DOT``) XLA's own loop fusions run the rest; paired in
+one process (``benchmarks/step_options.py``) the paper step takes 0.89x the time, the small and
+default-run sizes about the same (``benchmarks/RESULTS.md``). Same math, float sums in another
+order. Other platforms get no options.
 
 The option is an experimental XLA flag: a jaxlib that does not know it (or its value) rejects
 it, so it is probed once per process with a trivial compilation and left out if refused.
