@@ -96,24 +96,41 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="top_half")
 
 
-def _kth_largest(keys: np.ndarray, keep: int) -> np.ndarray:
-    """``[B, n]`` uint32 keys -> ``[B]`` the ``keep``-th largest of each row (``1 <= keep``)."""
-    keys = np.asarray(keys)
-    index = keys.shape[1] - keep
+def _threshold_and_limit(keys: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[B, n]`` uint32 keys -> ``([B] keep-th largest key, [B] tie limit)`` (``1 <= keep``).
 
-    def rows(block: np.ndarray) -> np.ndarray:
-        return np.partition(block, index, axis=1)[:, index]
+    The mask is then ``keys > threshold | (keys == threshold & column < limit)``: exactly
+    ``keep`` entries, ties at the threshold taken by the lowest index. ``limit`` is ``n`` in a
+    row whose ties all fit (the usual case: found with one max over the entries
+    ``numpy.partition`` put below the threshold); only the rest are searched one by one.
+    """
+    keys = np.asarray(keys)
+    columns = keys.shape[1]
+    index = columns - keep
+
+    def rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        arranged = np.partition(block, index, axis=1)
+        threshold = arranged[:, index]
+        limit = np.full(len(block), columns, np.int32)
+        if index > 0:  # a tie below the partition point means more ties than places
+            for row in np.flatnonzero(arranged[:, :index].max(axis=1) == threshold):
+                places = keep - np.count_nonzero(block[row] > threshold[row])
+                limit[row] = np.flatnonzero(block[row] == threshold[row])[places - 1] + 1
+        return threshold, limit
 
     blocks = [b for b in np.array_split(keys, _WORKERS) if len(b)]
     if len(blocks) <= 1:
         return rows(keys)
-    return np.concatenate(list(_pool().map(rows, blocks)))
+    parts = list(_pool().map(rows, blocks))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def host_top_half_mask(values: jax.Array, keep: int) -> jax.Array:
-    """:func:`top_half_mask` with the ``keep``-th largest key of each row found on the host by
+    """:func:`top_half_mask` with each row's ``keep``-th largest key, and where ties at it
+    outnumber the places left, the column of the last tie taken, found on the host by
     ``numpy.partition`` (a callback; same mask, bit for bit). ``[B, n] -> [B, n]`` bool.
 
+    The device part is one elementwise comparison: no counting pass, no cumulative sum.
     For a single CPU device: elsewhere the callback would gather the batch to one device or copy
     it to the host (see the module docstring).
     """
@@ -121,10 +138,16 @@ def host_top_half_mask(values: jax.Array, keep: int) -> jax.Array:
     keys = total_order_keys(values)
     if keep == 0:
         return jnp.zeros(values.shape, bool)
-    threshold = jax.pure_callback(
-        functools.partial(_kth_largest, keep=keep),
-        jax.ShapeDtypeStruct((values.shape[0],), jnp.uint32),
+    rows = values.shape[0]
+    threshold, limit = jax.pure_callback(
+        functools.partial(_threshold_and_limit, keep=keep),
+        (
+            jax.ShapeDtypeStruct((rows,), jnp.uint32),
+            jax.ShapeDtypeStruct((rows,), jnp.int32),
+        ),
         keys,
         vmap_method="sequential",
     )
-    return _mask_at_threshold(keys, threshold, keep)
+    column = jax.lax.broadcasted_iota(jnp.int32, values.shape, 1)
+    at_threshold = keys == threshold[:, None]
+    return (keys > threshold[:, None]) | (at_threshold & (column < limit[:, None]))
