@@ -6,7 +6,9 @@ Compiles the official step (source model m0, a config of ``step_vs_official.py``
 process: with :func:`usae_jax.parallel.compiler.step_compiler_options` (what the training loop
 uses) and with XLA's defaults. Then alternates ``--rounds`` rounds of ``--steps`` steps each
 (the order flips every round) and takes the ratio options/defaults round by round, so a machine
-whose speed drifts still gives a meaningful median. Prints one JSON line and a short table.
+whose speed drifts still gives a meaningful median. Freed host memory stays mapped for both, as
+the training loop keeps it on a CPU (``--no-retain_freed_memory``: glibc's defaults). Prints one
+JSON line and a short table.
 """
 
 from __future__ import annotations
@@ -28,10 +30,22 @@ def main():
     parser.add_argument("--config", default="paper", choices=sorted(CONFIGS), help="step size")
     parser.add_argument("--steps", type=int, default=2, help="steps per round and side")
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds")
+    parser.add_argument(
+        "--retain_freed_memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed host memory mapped, as the training loop does on a CPU mesh "
+        "(usae_jax.parallel.host_memory)",
+    )
     args = parser.parse_args()
     if args.steps < 1 or args.rounds < 1:
         parser.error("--steps and --rounds must be positive")
     import jax
+
+    from usae_jax.parallel.host_memory import retain_freed_memory
+
+    if args.retain_freed_memory and jax.default_backend() == "cpu":
+        retain_freed_memory()
 
     from usae_jax.parallel.compiler import step_compiler_options
     from usae_jax.parallel.concept import sharded_ops

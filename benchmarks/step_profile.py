@@ -13,7 +13,9 @@ at the same time, and the profiler adds its own cost, so the summed operation ti
 the wall time; the shares are what to read. Plain products that XLA runs asynchronously through
 Eigen (not fused into a YNNPACK call; on this CPU the weight gradients whose contraction runs
 over the batch) have trace events covering only their launch: they are listed below the table
-with their GFLOP instead of a time. Prints a table and one JSON line.
+with their GFLOP instead of a time. Freed host memory stays mapped, as the training loop keeps
+it on a CPU (``--no-retain_freed_memory``: glibc's defaults, where every step page-faults its
+temporaries). Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -165,10 +167,22 @@ def main():
         help="compile with XLA's default options instead of the training loop's "
         "(usae_jax.parallel.compiler)",
     )
+    parser.add_argument(
+        "--retain_freed_memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed host memory mapped, as the training loop does on a CPU mesh "
+        "(usae_jax.parallel.host_memory)",
+    )
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be positive")
     import jax
+
+    from usae_jax.parallel.host_memory import retain_freed_memory
+
+    if args.retain_freed_memory and jax.default_backend() == "cpu":
+        retain_freed_memory()
 
     spec = CONFIGS[args.config]
     if not 0 <= args.source < len(spec["widths"]):

@@ -11,6 +11,11 @@ compilation is excluded and reported apart). Prints a short table and one JSON l
 FLOPs "required" are those of the math itself: encoder forward and weight gradient, the k-sparse
 decode, the auxiliary top-half product and its code gradient for every target, and the source
 dictionary's gradient. The GEMM rate is measured in the same run (XLA, float32, 4096^3).
+
+Our training loop keeps freed host memory mapped on a CPU mesh
+(:func:`usae_jax.parallel.host_memory.retain_freed_memory`, glibc's ``mallopt``); the benchmark
+does the same unless ``--no-retain_freed_memory``. The setting is process-wide, so the PyTorch
+side runs with it too (both sides always share one process and its malloc settings).
 """
 
 from __future__ import annotations
@@ -194,6 +199,13 @@ def main():
     parser.add_argument(
         "--torch_device", default="auto", help="torch device: cpu, cuda or auto (cuda if present)"
     )
+    parser.add_argument(
+        "--retain_freed_memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed host memory mapped, as our training loop does on a CPU (process-wide: "
+        "both sides)",
+    )
     args = parser.parse_args()
     names = ["small", "paper"] if args.config == "both" else args.config.split(",")
     unknown = sorted(set(names) - set(CONFIGS))
@@ -202,6 +214,10 @@ def main():
     import jax
     import torch
 
+    from usae_jax.parallel.host_memory import freed_memory_retained, retain_freed_memory
+
+    if args.retain_freed_memory and jax.default_backend() == "cpu":
+        retain_freed_memory()
     device = args.torch_device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -234,6 +250,7 @@ def main():
         "gemm_gflops": round(gemm / 1e9, 1),
         "torch_threads": args.threads,
         "torch_device": device,
+        "freed_memory_retained": freed_memory_retained(),
     }
     print(json.dumps({"machine": machine, "results": results}))
 

@@ -20,7 +20,6 @@ from usae_jax.data.source import ArraySource
 from usae_jax.data.synthetic.planted import generate_planted
 from usae_jax.data.zarr_store import is_zarr_store
 from usae_jax.parallel.hosts import initialize
-from usae_jax.parallel.huge_pages import relaunch_with_huge_page_malloc
 from usae_jax.pipelines.train_and_report import (
     format_summary,
     train_and_report,
@@ -55,16 +54,6 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("data_parallel", None, "Devices on the data axis (default: all devices).")
 flags.DEFINE_bool("progress", True, "Show progress (a bar on a terminal, plain lines in logs).")
-flags.DEFINE_bool(
-    "malloc_huge_pages",
-    False,
-    "CPU runs: restart this command once with glibc's transparent-huge-page malloc "
-    "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1; Linux, glibc >= 2.35). XLA:CPU allocates a step's "
-    "large temporaries afresh each step, and with 4 KiB pages their page faults cost a "
-    "paper-size step about a quarter of its time (benchmarks/malloc_pages.py, "
-    "benchmarks/RESULTS.md); small models gain nothing. Ignored, with a warning, where "
-    "unsupported.",
-)
 flags.DEFINE_string("coordinator", None, "Multi-host: host:port of process 0 (jax.distributed).")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
@@ -73,10 +62,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    if FLAGS.malloc_huge_pages:
-        reason = relaunch_with_huge_page_malloc()  # returns only if not relaunched
-        if reason is not None:
-            logging.warning("--malloc_huge_pages ignored: %s", reason)
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
     initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     module = importlib.import_module(f"experiments.configs.{FLAGS.config}")

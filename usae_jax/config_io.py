@@ -48,6 +48,7 @@ OPERATIONAL_FIELDS = (
     "eval_rows",
     "progress_bar",
     "steps_per_dispatch",
+    "retain_freed_memory",
 )
 """TrainConfig fields that change how a run is executed or reported, not what it computes: a
 run may be resumed with different values of these."""

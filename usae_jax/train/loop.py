@@ -21,6 +21,7 @@ from usae_jax.config_io import bind_models, to_dict
 from usae_jax.data.source import PairedSource
 from usae_jax.parallel.compiler import step_compiler_options
 from usae_jax.parallel.concept import sharded_ops
+from usae_jax.parallel.host_memory import retain_freed_memory
 from usae_jax.parallel.hosts import ProcessShare
 from usae_jax.parallel.mesh import (
     DATA,
@@ -75,7 +76,8 @@ class StepRunner:
     ``lax.scan`` instead (``lax.switch`` over the per-source bodies, the branch index of each
     step drawn on the host as before and passed as data): one compilation per chunk length.
     ``traces`` counts how often a step body was traced, so tests can pin compilations. Steps
-    compile with :func:`~usae_jax.parallel.compiler.step_compiler_options` of the mesh.
+    compile with :func:`~usae_jax.parallel.compiler.step_compiler_options` of the mesh; on a
+    CPU mesh freed host memory stays mapped (``config.retain_freed_memory``).
     """
 
     def __init__(self, config: config_lib.TrainConfig, optimizers: dict, mesh, state_sharding):
@@ -85,6 +87,9 @@ class StepRunner:
         self._plan = make_steps(config, optimizers, sharded_ops(mesh))
         self._keys = list(self._plan.bodies)
         options = step_compiler_options(mesh)
+        on_cpu = {device.platform for device in mesh.devices.flat} == {"cpu"}
+        if config.retain_freed_memory and on_cpu:
+            retain_freed_memory()  # glibc only; elsewhere it does nothing
         if config.steps_per_dispatch == 1:
             self._steps = {
                 key: jax.jit(
