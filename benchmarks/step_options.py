@@ -22,7 +22,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.step_vs_official import CONFIGS, jax_setup  # noqa: E402
+from benchmarks.step_vs_official import (  # noqa: E402
+    CONFIGS,
+    add_retain_flag,
+    apply_retain_flag,
+    jax_setup,
+)
 
 
 def main():
@@ -30,22 +35,13 @@ def main():
     parser.add_argument("--config", default="paper", choices=sorted(CONFIGS), help="step size")
     parser.add_argument("--steps", type=int, default=2, help="steps per round and side")
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds")
-    parser.add_argument(
-        "--retain_freed_memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep freed host memory mapped, as the training loop does on a CPU mesh "
-        "(usae_jax.parallel.host_memory)",
-    )
+    add_retain_flag(parser)
     args = parser.parse_args()
     if args.steps < 1 or args.rounds < 1:
         parser.error("--steps and --rounds must be positive")
     import jax
 
-    from usae_jax.parallel.host_memory import retain_freed_memory
-
-    if args.retain_freed_memory and jax.default_backend() == "cpu":
-        retain_freed_memory()
+    apply_retain_flag(args)
 
     from usae_jax.parallel.compiler import step_compiler_options
     from usae_jax.parallel.concept import sharded_ops

@@ -37,7 +37,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.step_vs_official import CONFIGS, jax_setup  # noqa: E402
+from benchmarks.step_vs_official import (  # noqa: E402
+    CONFIGS,
+    add_retain_flag,
+    apply_retain_flag,
+    jax_setup,
+)
 
 UNTRACED_RATE = 5e12
 """FLOP/s above which a product's traced duration cannot be its run time (only its launch)."""
@@ -167,22 +172,13 @@ def main():
         help="compile with XLA's default options instead of the training loop's "
         "(usae_jax.parallel.compiler)",
     )
-    parser.add_argument(
-        "--retain_freed_memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep freed host memory mapped, as the training loop does on a CPU mesh "
-        "(usae_jax.parallel.host_memory)",
-    )
+    add_retain_flag(parser)
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be positive")
     import jax
 
-    from usae_jax.parallel.host_memory import retain_freed_memory
-
-    if args.retain_freed_memory and jax.default_backend() == "cpu":
-        retain_freed_memory()
+    apply_retain_flag(args)
 
     spec = CONFIGS[args.config]
     if not 0 <= args.source < len(spec["widths"]):

@@ -184,6 +184,29 @@ def measure(name, spec, steps, rounds, gemm, device="cpu"):
     }
 
 
+def add_retain_flag(parser: argparse.ArgumentParser) -> None:
+    """``--retain_freed_memory`` (default on): keep freed host memory mapped, as the training
+    loop does on a CPU mesh (:mod:`usae_jax.parallel.host_memory`)."""
+    parser.add_argument(
+        "--retain_freed_memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed host memory mapped, as the training loop does on a CPU mesh "
+        "(process-wide; --no-retain_freed_memory: glibc's defaults)",
+    )
+
+
+def apply_retain_flag(args: argparse.Namespace) -> bool:
+    """Apply ``--retain_freed_memory`` on a CPU backend; returns whether memory is retained."""
+    import jax
+
+    from usae_jax.parallel.host_memory import freed_memory_retained, retain_freed_memory
+
+    if args.retain_freed_memory and jax.default_backend() == "cpu":
+        retain_freed_memory()
+    return freed_memory_retained()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -199,13 +222,7 @@ def main():
     parser.add_argument(
         "--torch_device", default="auto", help="torch device: cpu, cuda or auto (cuda if present)"
     )
-    parser.add_argument(
-        "--retain_freed_memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep freed host memory mapped, as our training loop does on a CPU (process-wide: "
-        "both sides)",
-    )
+    add_retain_flag(parser)
     args = parser.parse_args()
     names = ["small", "paper"] if args.config == "both" else args.config.split(",")
     unknown = sorted(set(names) - set(CONFIGS))
@@ -214,10 +231,7 @@ def main():
     import jax
     import torch
 
-    from usae_jax.parallel.host_memory import freed_memory_retained, retain_freed_memory
-
-    if args.retain_freed_memory and jax.default_backend() == "cpu":
-        retain_freed_memory()
+    retained = apply_retain_flag(args)  # process-wide: the torch side runs with it too
     device = args.torch_device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -250,7 +264,7 @@ def main():
         "gemm_gflops": round(gemm / 1e9, 1),
         "torch_threads": args.threads,
         "torch_device": device,
-        "freed_memory_retained": freed_memory_retained(),
+        "freed_memory_retained": retained,
     }
     print(json.dumps({"machine": machine, "results": results}))
 
