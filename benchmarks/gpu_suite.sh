@@ -24,6 +24,9 @@ cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu_suite_out}}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# step_vs_official runs each side in its own process on the same GPU (and measures the GEMM
+# rate in a third): no process may take 75% of the GPU's memory up front, as JAX does by default
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 if [[ -d wheels ]] && compgen -G "wheels/*.whl" >/dev/null; then
   python -m pip install -q --no-index --no-deps wheels/*.whl

@@ -4,18 +4,19 @@
 
 Both sides train on the same synthetic standardised activations with the same configuration.
 The PyTorch side (tests/reference/official_torch.py, checked against the official numbers) computes
-the way the official code does; ours computes the same math (tests/test_parity.py). Timing
-alternates between the two, ``--rounds`` times ``--steps`` steps each, after a warm-up (our
-compilation is excluded and reported apart). Prints a short table and one JSON line.
+the way the official code does; ours computes the same math (tests/test_parity.py). Each side
+runs in its own worker process (started by this command, set up and warmed up once; our
+compilation is reported apart), so neither shares the other's malloc heap, thread pools or
+process-wide settings. Ours runs as our training loop runs it (a ``StepRunner``, which on a CPU
+keeps freed host memory mapped, :mod:`usae_jax.parallel.host_memory`); the PyTorch worker gets
+the same malloc settings, since without them the official step page-faults its own large
+temporaries every step too (``--no-retain_freed_memory``: glibc's defaults on both sides).
+The command alternates ``--rounds`` rounds of ``--steps`` steps between the two workers and
+reports medians. Prints a short table and one JSON line.
 
 FLOPs "required" are those of the math itself: encoder forward and weight gradient, the k-sparse
 decode, the auxiliary top-half product and its code gradient for every target, and the source
 dictionary's gradient. The GEMM rate is measured in the same run (XLA, float32, 4096^3).
-
-Our training loop keeps freed host memory mapped on a CPU mesh
-(:func:`usae_jax.parallel.host_memory.retain_freed_memory`, glibc's ``mallopt``); the benchmark
-does the same unless ``--no-retain_freed_memory``. The setting is process-wide, so the PyTorch
-side runs with it too (both sides always share one process and its malloc settings).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -68,7 +70,7 @@ def required_flops(widths, num_concepts, top_k, batch_rows) -> float:
     return float(np.mean(per_source))
 
 
-def jax_setup(spec, seed=0):
+def jax_setup(spec, seed=0, retain_freed_memory=True):
     """``(config, optimizers, fresh state, batch)`` of our side: the benchmark's synthetic
     standardised batch ``{m_i: [B, d_i]}`` on the default device."""
     import jax
@@ -90,6 +92,7 @@ def jax_setup(spec, seed=0):
         num_steps=1000,
         seed=seed,
         data_parallel=1,
+        retain_freed_memory=retain_freed_memory,
     )
     optimizers, _ = build_optimizers(config, 1000, 100)
     rng = np.random.default_rng(seed)
@@ -100,13 +103,13 @@ def jax_setup(spec, seed=0):
     return config, optimizers, create_train_state(config, optimizers), batch
 
 
-def make_jax_step(spec, seed=0):
+def make_jax_step(spec, seed=0, retain_freed_memory=True):
     import jax
 
     from usae_jax.parallel.mesh import create_mesh, state_shardings
     from usae_jax.train.loop import StepRunner
 
-    config, optimizers, fresh, batch = jax_setup(spec, seed)
+    config, optimizers, fresh, batch = jax_setup(spec, seed, retain_freed_memory)
     names = config.usae.model_names
     mesh = create_mesh(1, 1)
     shardings = state_shardings(fresh, mesh, config.usae.num_concepts)
@@ -120,7 +123,11 @@ def make_jax_step(spec, seed=0):
         jax.block_until_ready(metrics.loss)
 
     start = time.perf_counter()
-    for _ in range(len(names) * 2):  # compile every source model's step
+    # until every source model's step has compiled (the source of a step is drawn at random),
+    # then as many steps again
+    while runner.traces < len(names) and holder["step"] < 1000:
+        step()
+    for _ in range(len(names) * 2):
         step()
     return step, time.perf_counter() - start
 
@@ -153,18 +160,89 @@ def make_torch_step(spec, seed=0, device="cpu"):
     return step
 
 
-def measure(name, spec, steps, rounds, gemm, device="cpu"):
-    """Median seconds per step of both sides (alternating rounds) and the derived rates; the
-    torch side runs on ``device`` (each step returns its loss as a float, so it is waited for)."""
-    torch_step = make_torch_step(spec, device=device)
-    jax_step, compile_seconds = make_jax_step(spec)
-    times = {"torch": [], "jax": []}
-    for _ in range(rounds):
-        for label, fn in (("torch", torch_step), ("jax", jax_step)):
-            start = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[label].append((time.perf_counter() - start) / steps)
+PROTOCOL = "@@step_vs_official "
+"""Prefix of the lines a worker writes for the parent (anything else on stdout is passed on)."""
+
+
+def worker(side: str, spec: dict, device: str, threads: int, retain: bool) -> None:
+    """A worker process: set up one side, say so, then run the steps the parent asks for.
+
+    Reads lines ``N`` from stdin, runs ``N`` steps and answers with the seconds per step."""
+    if side == "torch":
+        import torch
+
+        from usae_jax.parallel.host_memory import retain_freed_memory
+
+        if retain and device == "cpu":  # the same malloc settings as our side
+            retain_freed_memory()
+        torch.set_num_threads(threads)
+        step, setup = make_torch_step(spec, device=device), 0.0
+    else:
+        step, setup = make_jax_step(spec, retain_freed_memory=retain)
+    print(PROTOCOL + json.dumps({"compile_seconds": setup}), flush=True)
+    for line in sys.stdin:
+        count = int(line)
+        start = time.perf_counter()
+        for _ in range(count):
+            step()
+        seconds = (time.perf_counter() - start) / count
+        print(PROTOCOL + json.dumps({"seconds": seconds}), flush=True)
+
+
+class Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, side: str, spec: dict, device: str, threads: int, retain: bool):
+        retain_flag = "--retain_freed_memory" if retain else "--no-retain_freed_memory"
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            f"--worker={side}",
+            f"--worker_spec={json.dumps(spec)}",
+            f"--torch_device={device}",
+            f"--threads={threads}",
+            retain_flag,
+        ]
+        self.side = side
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.ready = self._answer()
+
+    def _answer(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(PROTOCOL):
+                return json.loads(line[len(PROTOCOL) :])
+            sys.stdout.write(line)
+        raise RuntimeError(f"the {self.side} worker exited with {self.process.wait()}")
+
+    def run(self, steps: int) -> float:
+        """Seconds per step over ``steps`` steps."""
+        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.flush()
+        return self._answer()["seconds"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def measure(name, spec, steps, rounds, gemm, device="cpu", threads=2, retain=True):
+    """Median seconds per step of both sides (alternating rounds, each side in its own worker
+    process) and the derived rates; the torch side runs on ``device`` (each step returns its
+    loss as a float, so it is waited for)."""
+    workers = {}
+    try:
+        for side in ("torch", "jax"):  # one at a time: set-up is not timed
+            workers[side] = Worker(side, spec, device, threads, retain)
+        times = {"torch": [], "jax": []}
+        for _ in range(rounds):
+            for side, handle in workers.items():
+                times[side].append(handle.run(steps))
+    finally:
+        for handle in workers.values():
+            handle.close()
+    compile_seconds = workers["jax"].ready["compile_seconds"]
     torch_s, jax_s = float(np.median(times["torch"])), float(np.median(times["jax"]))
     flops = required_flops(
         **{k: spec[k] for k in ("widths", "num_concepts", "top_k", "batch_rows")}
@@ -223,7 +301,14 @@ def main():
         "--torch_device", default="auto", help="torch device: cpu, cuda or auto (cuda if present)"
     )
     add_retain_flag(parser)
+    parser.add_argument("--worker", choices=("torch", "jax"), help="internal: a worker process")
+    parser.add_argument("--worker_spec", help="internal: the worker's config as JSON")
     args = parser.parse_args()
+    if args.worker:
+        spec = json.loads(args.worker_spec)
+        spec["widths"] = tuple(spec["widths"])
+        worker(args.worker, spec, args.torch_device, args.threads, args.retain_freed_memory)
+        return
     names = ["small", "paper"] if args.config == "both" else args.config.split(",")
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
@@ -231,19 +316,18 @@ def main():
     import jax
     import torch
 
-    retained = apply_retain_flag(args)  # process-wide: the torch side runs with it too
     device = args.torch_device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    torch.set_num_threads(args.threads)
     gemm = gemm_rate()
     results = []
     for name in names:
-        results.append(measure(name, CONFIGS[name], args.steps, args.rounds, gemm, device))
+        options = dict(device=device, threads=args.threads, retain=args.retain_freed_memory)
+        results.append(measure(name, CONFIGS[name], args.steps, args.rounds, gemm, **options))
         if args.bf16:
             spec = {**CONFIGS[name], "compute_dtype": "bfloat16"}
-            results.append(measure(f"{name}+bf16", spec, args.steps, args.rounds, gemm, device))
+            results.append(measure(f"{name}+bf16", spec, args.steps, args.rounds, gemm, **options))
     print(
         f"{'config':<12}{'torch rows/s':>14}{'jax rows/s':>12}{'speedup':>9}"
         f"{'GFLOP/step':>12}{'of GEMM':>9}"
@@ -264,7 +348,8 @@ def main():
         "gemm_gflops": round(gemm / 1e9, 1),
         "torch_threads": args.threads,
         "torch_device": device,
-        "freed_memory_retained": retained,
+        "workers_retain_freed_memory": args.retain_freed_memory,
+        "sides": "one worker process each",
     }
     print(json.dumps({"machine": machine, "results": results}))
 
