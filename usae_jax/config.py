@@ -310,8 +310,9 @@ class TrainConfig:
     """CPU meshes: keep freed host memory mapped for the rest of the process
     (:func:`usae_jax.parallel.host_memory.retain_freed_memory`, glibc's ``mallopt``), so that the
     step's large temporaries, allocated afresh by XLA:CPU at every step, do not page-fault anew
-    each time: about 1.5x (paper config) to 1.8x (small config) faster steps on a 2-core machine
-    (``benchmarks/malloc_pages.py``). Process-wide; the process keeps its peak heap until exit.
+    each time: 0.74x (paper config) and 0.63x (small config) the step time on a 2-core machine
+    (``benchmarks/malloc_pages.py``, benchmarks/RESULTS.md); nothing measurable for small
+    models. Process-wide; the process keeps its peak heap until exit.
     Ignored on accelerators and outside glibc."""
 
     progress_bar: bool = True
