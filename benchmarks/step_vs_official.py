@@ -274,15 +274,15 @@ def add_retain_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def apply_retain_flag(args: argparse.Namespace) -> bool:
-    """Apply ``--retain_freed_memory`` on a CPU backend; returns whether memory is retained."""
+def apply_retain_flag(args: argparse.Namespace) -> None:
+    """Apply ``--retain_freed_memory`` on a CPU backend (for benchmarks that jit the step
+    themselves; a ``StepRunner`` applies its config's setting)."""
     import jax
 
-    from usae_jax.parallel.host_memory import freed_memory_retained, retain_freed_memory
+    from usae_jax.parallel.host_memory import retain_freed_memory
 
     if args.retain_freed_memory and jax.default_backend() == "cpu":
         retain_freed_memory()
-    return freed_memory_retained()
 
 
 def main():

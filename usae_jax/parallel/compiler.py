@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from usae_jax.parallel.mesh import runs_on_cpu
+
 CPU_STEP_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 """XLA:CPU options of the training step: YNNPACK fusions for products only."""
 
@@ -39,7 +41,7 @@ def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
 def step_compiler_options(mesh: Mesh) -> dict[str, str] | None:
     """``compiler_options`` for ``jax.jit`` of a step on ``mesh``: :data:`CPU_STEP_OPTIONS` on a
     CPU mesh whose jaxlib accepts them, else None."""
-    if {device.platform for device in mesh.devices.flat} != {"cpu"}:
+    if not runs_on_cpu(mesh):
         return None
     if not _accepted(tuple(sorted(CPU_STEP_OPTIONS.items()))):
         return None

@@ -103,6 +103,11 @@ def _place(arrays: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, 
     return jax.device_put(arrays, sharding)
 
 
+def runs_on_cpu(mesh: Mesh) -> bool:
+    """Whether every device of ``mesh`` is a CPU device."""
+    return {device.platform for device in mesh.devices.flat} == {"cpu"}
+
+
 def must_block_each_step(mesh: Mesh) -> bool:
     """Whether to wait for each step before dispatching the next.
 
@@ -111,4 +116,4 @@ def must_block_each_step(mesh: Mesh) -> bool:
     each step's result avoids it. Accelerators and jax >= 0.12 need no such wait.
     """
     version = tuple(int(part) for part in jax.__version__.split(".")[:2])
-    return mesh.size > 1 and mesh.devices.flat[0].platform == "cpu" and version < (0, 12)
+    return mesh.size > 1 and runs_on_cpu(mesh) and version < (0, 12)

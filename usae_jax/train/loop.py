@@ -30,6 +30,7 @@ from usae_jax.parallel.mesh import (
     must_block_each_step,
     replicated,
     row_sharded,
+    runs_on_cpu,
     shard_chunk_rows,
     shard_rows,
 )
@@ -87,8 +88,7 @@ class StepRunner:
         self._plan = make_steps(config, optimizers, sharded_ops(mesh))
         self._keys = list(self._plan.bodies)
         options = step_compiler_options(mesh)
-        on_cpu = {device.platform for device in mesh.devices.flat} == {"cpu"}
-        if config.retain_freed_memory and on_cpu:
+        if config.retain_freed_memory and runs_on_cpu(mesh):
             retain_freed_memory()  # glibc only; elsewhere it does nothing
         if config.steps_per_dispatch == 1:
             self._steps = {
