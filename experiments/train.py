@@ -14,7 +14,6 @@ import importlib
 from absl import app, flags, logging
 
 from usae_jax.config_io import replace_fields
-from usae_jax.data.grain_source import GrainSource, PipelineConfig
 from usae_jax.data.loader import StoreSource
 from usae_jax.data.source import ArraySource
 from usae_jax.data.synthetic.planted import generate_planted
@@ -68,6 +67,9 @@ def main(argv):
     planted = None
     if FLAGS.store:
         if FLAGS.grain_workers is not None or is_zarr_store(FLAGS.store):
+            # imported here: Grain takes about 0.5 s to import and only store runs read with it
+            from usae_jax.data.grain_source import GrainSource, PipelineConfig
+
             workers = FLAGS.grain_workers or 0
             source = GrainSource(FLAGS.store, PipelineConfig(workers=workers))
         else:
