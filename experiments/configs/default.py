@@ -1,7 +1,8 @@
 """Default run: a USAE on the built-in planted-concept data (3 synthetic models).
 
 Launch:  python -m experiments.train --workdir=runs/default
-Runtime: about 45 s of training on an idle 2-core CPU (8000 steps of 1024 rows).
+Runtime: 44-67 s for the whole command on the 2-core CPU VM it was measured on, whose speed
+drifts (8000 steps of 1024 rows; benchmarks/default_run.py times it).
 Expected: shared-concept recovery (mean max cosine) about 0.93-0.95 for every model, with a few
 shared concepts per model below 0.75 and every private one above 0.98 (printed per concept);
 self-R² about 0.89-0.93 and cross-R² about 0.67-0.71 (the run prints that the planted shared
