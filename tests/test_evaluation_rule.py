@@ -128,3 +128,27 @@ def test_summary_names_the_encoding_and_the_dead_window():
     text = format_summary(names, old)
     assert "local TopK encoding" in text
     assert "not fired in the last epoch's training rows): a 25.0%, b 50.0%" in text
+
+
+def test_summary_matrix_keeps_negative_entries_apart():
+    """Short model names made the columns narrower than a negative R² ("b  -0.495-0.466")."""
+    summary = {
+        "r2": [[-0.495, -12.25], [0.9, -150.0]],
+        "eval_rows": 8,
+        "l0": {"a": 2.0, "b": 2.0},
+        "dead_recent": {"a": 0.0, "b": 0.0},
+        "steps": 1,
+        "seconds": 1.0,
+    }
+    lines = format_summary(("a", "b"), summary).splitlines()
+    assert lines[1].split() == ["a", "b"]
+    assert [line.split() for line in lines[2:4]] == [
+        ["a", "-0.495", "-12.250"],
+        ["b", "0.900", "-150.000"],
+    ]
+    # names as long as the entries keep the columns as they were: the names' width
+    long_names = {**summary, "l0": {"alpha": 2.0, "gamma": 2.0}}
+    long_names["dead_recent"] = {"alpha": 0.0, "gamma": 0.0}
+    long_names["r2"] = [[0.925, 0.695], [0.713, 0.887]]
+    lines = format_summary(("alpha", "gamma"), long_names).splitlines()
+    assert lines[1] == "         alpha  gamma" and lines[2] == "alpha    0.925  0.695"

@@ -356,6 +356,30 @@ def test_convert_command_and_benchmark_run(memmap, tmp_path):
         text=True,  # fmt: skip
     )
     np.testing.assert_array_equal(zs.ZarrStore(dst).array("b"), memmap.array("b"))
+    # The training command reads the zarr store through Grain (imported only for such a run).
+    run = tmp_path / "run"
+    trained = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            f"--store={dst}",
+            f"--workdir={run}",
+            "--steps=4",
+            "--batch_rows=12",
+            "--num_concepts=16",
+            "--top_k=2",
+            "--data_parallel=1",
+            "--noprogress",
+        ],  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,  # fmt: skip
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "R² matrix" in trained.stdout
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4
     out = subprocess.run(
         [
             sys.executable,

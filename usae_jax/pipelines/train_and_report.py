@@ -79,9 +79,12 @@ def format_summary(names: tuple[str, ...], summary: dict) -> str:
         f"R² matrix (row: encoded from, column: decoded into; {encoding} encoding, scalar "
         f"centring, {summary['eval_rows']} rows)"
     ]
-    lines.append(" " * width + "".join(f"{n:>{width}}" for n in names))
-    for name, row in zip(names, np.asarray(summary["r2"]), strict=True):
-        lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}.3f}" for v in row))
+    values = [[f"{v:.3f}" for v in row] for row in np.asarray(summary["r2"])]
+    # columns as wide as the names column, or wider where an entry (a negative R²) needs it
+    cell = max(width, 1 + max((len(v) for row in values for v in row), default=0))
+    lines.append(" " * width + "".join(f"{n:>{cell}}" for n in names))
+    for name, row in zip(names, values, strict=True):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
     lines.append("L0: " + ", ".join(f"{n} {summary['l0'][n]:.1f}" for n in names))
     dead = summary.get("dead_recent", summary.get("dead_fraction"))
     window = summary.get("dead_recent_rows")
