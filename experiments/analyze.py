@@ -93,10 +93,12 @@ def main(argv):
         image_crop_patches=FLAGS.crop_patches,
     )
     results = analyze(FLAGS.workdir, arrays, analysis, planted, tokens, out)
+    auroc = results.get("planted", {}).get("entropy_auroc_shared_vs_specific")
     print(
         "firing-entropy AUROC (planted shared vs specific): "
-        f"{results.get('planted', {}).get('entropy_auroc_shared_vs_specific')}; "
-        f"universality-vs-importance r: {results['universality_vs_importance']['pearson_r']:.3f}"
+        + ("n/a (no planted ground truth)" if auroc is None else f"{auroc:.3f}")
+        + f"; universality-vs-importance r: "
+        f"{results['universality_vs_importance']['pearson_r']:.3f}"
     )
     print(
         f"wrote report.md, analysis.json and {len(results['figures'])} PNGs "

@@ -42,6 +42,14 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            # every item's handler named up front: reading one item's metadata then does not
+            # warn about the others ("found in the checkpoint, but could not be restored")
+            item_handlers={
+                "model": ocp.StandardCheckpointHandler(),
+                "train": ocp.StandardCheckpointHandler(),
+                "state": ocp.StandardCheckpointHandler(),  # before the model/train split
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
