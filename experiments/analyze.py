@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import config_flags
 from usae_jax.analysis.baseline import BaselineConfig
 from usae_jax.analysis.controls import ControlConfig
 from usae_jax.analysis.examples import ImageTokens
@@ -29,7 +30,9 @@ flags.DEFINE_string("out", None, "Output directory; default <workdir>/analysis."
 flags.DEFINE_string(
     "config", "default", "Config module in experiments/configs for the planted data."
 )
-flags.DEFINE_list("npy", [], "Activations name=path.npy per model; default: the planted data.")
+config_flags.define_named_paths(
+    "npy", "Activations name=path.npy per model; default: the planted data."
+)
 flags.DEFINE_integer("max_rows", None, "Analyse only the first rows of the data (default all).")
 flags.DEFINE_float("tau", 0.1, "Firing threshold: a concept fires when its code exceeds tau.")
 flags.DEFINE_integer("batch_rows", 4096, "Rows per jitted statistics batch.")
@@ -69,7 +72,7 @@ def main(argv):
 
     planted = None
     if FLAGS.npy:
-        arrays = {k: np.load(v, mmap_mode="r") for k, v in (i.split("=", 1) for i in FLAGS.npy)}
+        arrays = {k: np.load(v, mmap_mode="r") for k, v in FLAGS.npy.items()}
     else:
         module = importlib.import_module(f"experiments.configs.{FLAGS.config}")
         planted = generate_planted(module.get_planted())

@@ -11,6 +11,9 @@ docstring written under the field, its default from the dataclass. :meth:`Config
 builds the dataclass back, overriding only the fields whose flags were set, so the dataclass's
 own defaults and its ``__post_init__`` validation stay the one source of truth: a bad value
 fails with the dataclass's error, which names the field and the value.
+
+:func:`define_named_paths` defines the one flag shape several entry points share that no
+dataclass holds: ``--npy=name=path.npy,name=path.npy``, parsed into ``{name: path}``.
 """
 
 from __future__ import annotations
@@ -173,3 +176,52 @@ def define_flags(
             flags.mark_flag_as_required(flag, flag_values=flag_values)
         flag_names[name], converters[name] = flag, convert
     return ConfigFlags(cls, flag_names, converters, flag_values)
+
+
+class NamedPathsParser(flags.ListParser):
+    """Parses ``name=path,name=path`` into ``{name: path}``, in order.
+
+    An entry without ``=``, with an empty name or path, or a name given twice is refused when the
+    command line is parsed, with a message that names the entry."""
+
+    def __init__(self):
+        super().__init__()
+        self.syntactic_help = "a comma separated list of name=path"
+
+    def parse(self, argument) -> dict[str, str]:
+        if isinstance(argument, Mapping):
+            return dict(argument)
+        named: dict[str, str] = {}
+        for item in super().parse(argument):
+            name, equals, path = item.partition("=")
+            if not equals or not name.strip() or not path.strip():
+                raise ValueError(f"{item!r} is not name=path")
+            if name in named:
+                raise ValueError(f"model {name!r} is given twice")
+            named[name] = path
+        return named
+
+    def flag_type(self) -> str:
+        return "comma separated name=path list"
+
+
+class NamedPathsSerializer(flags.ArgumentSerializer):
+    """``{name: path}`` -> ``name=path,name=path`` (for flag files)."""
+
+    def serialize(self, value) -> str:
+        return ",".join(f"{name}={path}" for name, path in value.items())
+
+
+def define_named_paths(
+    name: str, help_text: str, flag_values: flags.FlagValues = flags.FLAGS
+) -> flags.FlagHolder:
+    """Define ``--name=a=x.npy,b=y.npy`` (default: empty); its value is ``{"a": "x.npy", "b":
+    "y.npy"}``. A malformed entry or a repeated name fails at parsing with the entry named."""
+    return flags.DEFINE(
+        NamedPathsParser(),
+        name,
+        "",
+        help_text,
+        flag_values=flag_values,
+        serializer=NamedPathsSerializer(),
+    )

@@ -17,6 +17,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import config_flags
 from usae_jax.analysis.examples import ImageTokens
 from usae_jax.analysis.explorer import browser
 from usae_jax.analysis.explorer.build import (
@@ -35,7 +36,9 @@ flags.DEFINE_string("out", None, "Site folder; default <workdir>/explorer.")
 flags.DEFINE_string("config", "default", "Config module (experiments/configs) of the planted data.")
 flags.DEFINE_list("planted_models", [], "Override the planted models: name:width,...")
 flags.DEFINE_integer("planted_rows", None, "Override the planted row count.")
-flags.DEFINE_list("npy", [], "Activations name=path.npy per model (instead of planted data).")
+config_flags.define_named_paths(
+    "npy", "Activations name=path.npy per model (instead of planted data)."
+)
 flags.DEFINE_string("store", None, "Activation store the run was trained on.")
 flags.DEFINE_string("store_images", None, "Images of an image store (folder or list file).")
 flags.DEFINE_string("image_index", None, ".npy [rows] image of each row (with --npy).")
@@ -64,7 +67,7 @@ def _inputs():
         grid = tuple(int(g) for g in FLAGS.grid)
         tokens = ImageTokens(np.load(FLAGS.image_index), grid, np.load(FLAGS.images, "r"))
     if FLAGS.npy:
-        arrays = {k: np.load(v, mmap_mode="r") for k, v in (i.split("=", 1) for i in FLAGS.npy)}
+        arrays = {k: np.load(v, mmap_mode="r") for k, v in FLAGS.npy.items()}
         return ArraySource(arrays), None, tokens
     planted_config = importlib.import_module(f"experiments.configs.{FLAGS.config}").get_planted()
     if FLAGS.planted_models:

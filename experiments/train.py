@@ -13,6 +13,7 @@ import importlib
 
 from absl import app, flags, logging
 
+from experiments import config_flags
 from usae_jax.config_io import replace_fields
 from usae_jax.data.loader import StoreSource
 from usae_jax.data.source import ArraySource
@@ -29,7 +30,9 @@ flags.DEFINE_string(
     "workdir", "runs/default", "Directory for checkpoints, metrics, plots, exports."
 )
 flags.DEFINE_string("config", "default", "Config module in experiments/configs (default, paper).")
-flags.DEFINE_list("npy", [], "Real activations: name=path.npy per model, [rows, width] each.")
+config_flags.define_named_paths(
+    "npy", "Real activations: name=path.npy per model, [rows, width] each."
+)
 flags.DEFINE_string("store", None, "Activation store directory written by experiments/extract.py.")
 flags.DEFINE_integer(
     "grain_workers",
@@ -75,7 +78,7 @@ def main(argv):
         else:
             source = StoreSource(FLAGS.store)
     elif FLAGS.npy:
-        source = ArraySource.from_npy(dict(item.split("=", 1) for item in FLAGS.npy))
+        source = ArraySource.from_npy(FLAGS.npy)
     elif hasattr(module, "get_planted"):
         planted = generate_planted(module.get_planted())
         source = planted.source()

@@ -10,7 +10,7 @@ from typing import Literal
 import pytest
 from absl import flags
 
-from experiments.config_flags import define_flags, field_docs
+from experiments.config_flags import define_flags, define_named_paths, field_docs
 from usae_jax.pipelines.sparc_text import SparcTextConfig
 from usae_jax.validation import require
 
@@ -121,3 +121,21 @@ def test_the_entry_point_help_shows_each_field_docstring():
         assert f"--{RENAMES.get(field, field)}:" in text
         assert doc[:40] in text, field
     assert "(default: '4000')" in text and "--workdir:" in text
+
+
+def test_named_paths_parse_in_order_and_refuse_malformed_entries():
+    values = flags.FlagValues()
+    define_named_paths("npy", "Activations.", flag_values=values)
+    values(["prog"])
+    assert values.npy == {}
+    values(["prog", "--npy=dino=a.npy,vit=/x/b=c.npy"])  # only the first "=" separates
+    assert list(values.npy.items()) == [("dino", "a.npy"), ("vit", "/x/b=c.npy")]
+    assert values["npy"].serialize() == "--npy=dino=a.npy,vit=/x/b=c.npy"
+    for bad, message in [
+        ("a.npy", "'a.npy' is not name=path"),
+        ("=a.npy", "'=a.npy' is not name=path"),
+        ("dino=", "'dino=' is not name=path"),
+        ("a=x.npy,a=y.npy", "model 'a' is given twice"),
+    ]:
+        with pytest.raises(flags.IllegalFlagValueError, match=message):
+            values(["prog", f"--npy={bad}"])

@@ -192,6 +192,42 @@ def test_train_entry_point_runs_and_writes_outputs(tmp_path):
     assert listed == [n for n in OUTPUTS if (workdir / n).exists()] and "checkpoints/" in listed
 
 
+def test_train_entry_point_reads_npy_activations_and_refuses_a_malformed_list(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, width in (("a", 6), ("b", 10)):
+        np.save(tmp_path / f"{name}.npy", rng.standard_normal((256, width)).astype(np.float32))
+    root = os.path.dirname(os.path.dirname(__file__))
+
+    def run(npy):
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "experiments.train",
+                f"--npy={npy}",
+                f"--workdir={tmp_path / 'run'}",
+                "--steps=4",
+                "--batch_rows=64",
+                "--num_concepts=16",
+                "--top_k=2",
+                "--data_parallel=1",
+                "--noprogress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=root,
+        )
+
+    bad = run(f"a={tmp_path / 'a.npy'},a={tmp_path / 'b.npy'}")
+    assert bad.returncode != 0 and "model 'a' is given twice" in bad.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    good = run(f"a={tmp_path / 'a.npy'},b={tmp_path / 'b.npy'}")
+    assert good.returncode == 0, good.stderr[-3000:]
+    assert "training ('a', 'b') on 256 rows" in good.stdout
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["usae"]["widths"] == [6, 10]
+
+
 def test_bfloat16_compute_tracks_float32(planted, tmp_path):
     base = _config(data_parallel=1, num_steps=40, log_every=40, checkpoint_every=40)
     mixed = dataclasses.replace(base, usae=dataclasses.replace(base.usae, compute_dtype="bfloat16"))
