@@ -85,10 +85,10 @@ def test_analyze_entry_point_on_npy_files(trained_run, tmp_path):
     from experiments import analyze as entry
 
     workdir, planted = trained_run
-    paths = []
+    paths = {}  # the parsed value of --npy=name=path,...
     for name, array in planted.activations.items():
         np.save(tmp_path / f"{name}.npy", array)
-        paths.append(f"{name}={tmp_path / f'{name}.npy'}")
+        paths[name] = str(tmp_path / f"{name}.npy")
     with flagsaver.flagsaver(
         workdir=str(workdir),
         out=str(tmp_path / "out"),
