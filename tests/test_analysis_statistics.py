@@ -101,6 +101,10 @@ def test_statistics_on_a_hand_made_dataset():
     assert summary["dead_on_data"]["m1"] == pytest.approx(1 / 3)
     assert summary["dead_on_data_above_tau"]["m2"] == pytest.approx(2 / 3)
     assert summary["dead_on_data"]["m2"] == pytest.approx(1 / 3)
+    # Activations of other models (or in another order) are refused with the two lists named.
+    swapped = ArraySource({f"m{i}": x[i] for i in (1, 0, 2)}, standardise=False)
+    with pytest.raises(ValueError, match=r"\('m1', 'm0', 'm2'\) differ from the USAE's"):
+        compute_statistics(usae, params, stats, swapped)
 
 
 def test_cross_r2_closed_form_both_centrings():

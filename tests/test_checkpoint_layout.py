@@ -78,6 +78,8 @@ def test_new_checkpoints_keep_parameters_and_statistics_as_their_own_item(
     # reading the model item alone names no other item as unrestorable (orbax warned 6 times)
     assert not [r for r in caplog.records if "could not be restored" in r.getMessage()]
     assert step == 2
+    with pytest.raises(FileNotFoundError, match="no training run in .*config.json does not exist"):
+        load_run(tmp_path / "checkpoints")  # a folder that is not a run
     _assert_trees_equal(params, jax.device_get(result.state.params))
     _assert_trees_equal(stats, jax.device_get(result.state.batch_stats))
 

@@ -27,7 +27,13 @@ def load_run(workdir: str | os.PathLike, step: int | None = None):
     every analysis. Reads ``config.json`` and the checkpoint of ``step`` (default: the newest)
     without building an optimiser or a train state; arrays come back on the host as numpy.
     Checkpoints of the layout before the parameter/optimiser split are read too."""
-    with open(os.path.join(os.fspath(workdir), "config.json")) as handle:
+    path = os.path.join(os.fspath(workdir), "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no training run in {workdir}: {path} does not exist (the training loop writes it "
+            "when a run starts)"
+        )
+    with open(path) as handle:
         config_json = json.load(handle)
     config: TrainConfig = train_config_from_dict(config_json)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints, config_json)

@@ -174,7 +174,10 @@ def compute_statistics(
       config: threshold, batch size, row limit and number of top examples.
     """
     if tuple(source.names) != usae.model_names:
-        raise ValueError(f"source models {source.names} differ from the USAE's {usae.model_names}")
+        raise ValueError(
+            f"source models {source.names} differ from the USAE's {usae.model_names}: analyse a "
+            "run on the activations it was trained on (the same models, in the same order)"
+        )
     num_rows = source.num_rows if config.max_rows is None else min(config.max_rows, source.num_rows)
     M, n = usae.num_models, usae.num_concepts
     num_top = min(config.num_top, num_rows)
