@@ -8,7 +8,7 @@ Without ``--parts``: checks ``--baseline`` out into a temporary git worktree and
 default command (``python -m experiments.train --noprogress``) in it and in this checkout,
 alternating which goes first, ``--rounds`` times; each command imports its own checkout's code.
 Prints both sides' wall times, the ratio ``baseline / this checkout`` round by round and its
-median, and the largest difference between the R² matrices the two printed (8000 steps amplify
+median, and the largest difference between the two runs' R² matrices (8000 steps amplify
 float rounding: commits that compile the step differently end a little apart). The default
 baseline is the commit before the speed issue (16) was worked on.
 
@@ -42,8 +42,9 @@ BEFORE_ISSUE_16 = "5b79c53"
 """The last commit before the speed issue's work (its README quoted 84 s on another VM)."""
 
 
-def run_command(checkout: str, workdir: str) -> tuple[float, str]:
-    """``(wall seconds, stdout)`` of the default command run in ``checkout``."""
+def run_command(checkout: str, workdir: str) -> tuple[float, list[list[float]]]:
+    """``(wall seconds, R² matrix from the run's summary.json)`` of the default command run in
+    ``checkout``."""
     env = {**os.environ, "PYTHONPATH": checkout}
     tic = time.perf_counter()
     done = subprocess.run(
@@ -56,20 +57,8 @@ def run_command(checkout: str, workdir: str) -> tuple[float, str]:
     seconds = time.perf_counter() - tic
     if done.returncode:
         raise RuntimeError(f"the default command failed in {checkout}:\n{done.stderr[-3000:]}")
-    return seconds, done.stdout
-
-
-def r2_matrix(stdout: str) -> list[list[float]]:
-    """The printed R² matrix (the rows under the line that starts ``R² matrix``)."""
-    lines = stdout.splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith("R² matrix")) + 2
-    rows = []
-    for line in lines[first:]:
-        fields = line.split()
-        if len(fields) < 2 or not all(f.replace(".", "", 1).isdigit() for f in fields[1:]):
-            break
-        rows.append([float(f) for f in fields[1:]])
-    return rows
+    with open(os.path.join(workdir, "summary.json")) as handle:
+        return seconds, json.load(handle)["r2"]
 
 
 def paired(baseline: str, rounds: int) -> dict:
@@ -90,9 +79,8 @@ def paired(baseline: str, rounds: int) -> dict:
                     checkout = ROOT if side == "head" else tree
                     workdir = os.path.join(scratch, f"{side}_{round_}")
                     load = os.getloadavg()[0]
-                    wall, stdout = run_command(checkout, workdir)
+                    wall, outputs[side] = run_command(checkout, workdir)
                     seconds[side].append(round(wall, 2))
-                    outputs[side] = r2_matrix(stdout)
                     print(f"round {round_}: {side:<8} {wall:6.1f} s (load before {load:.2f})")
         finally:
             subprocess.run(
@@ -253,8 +241,11 @@ def main():
         "--floor_steps", type=int, default=2000, help="steps of the selection-free lower bound"
     )
     args = parser.parse_args()
-    if args.rounds < 1 or args.floor_steps < 2 * 100:
-        parser.error("--rounds must be positive and --floor_steps at least 200")
+    from experiments.configs import default as default_config
+
+    chunk = default_config.get_config().steps_per_dispatch  # the first chunk includes compiling
+    if args.rounds < 1 or args.floor_steps < 2 * chunk:
+        parser.error(f"--rounds must be positive and --floor_steps at least {2 * chunk}")
     if args.parts:
         result = parts(args.floor_steps)
         print(json.dumps(result))
@@ -275,7 +266,7 @@ def main():
         f"{result['median_s']['head']:.1f} s; baseline / this checkout "
         f"{result['ratio_baseline_over_head']:.2f}x (rounds "
         f"{', '.join(f'{r:.2f}' for r in result['ratios_baseline_over_head'])}); largest "
-        f"difference of the printed R² entries {result['r2_max_abs_difference']:.3f}"
+        f"difference of the R² entries {result['r2_max_abs_difference']:.4f}"
     )
 
 
